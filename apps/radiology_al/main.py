@@ -1,0 +1,93 @@
+"""ActiveLabel radiology app for MONAI Label: wires the settings to ActiveLabel's tasks.
+
+Runs under ``monailabel start_server --app apps/radiology_al --studies DIR`` and under
+``activelabel serve --studies DIR`` (which adds the /activelabel endpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from monailabel.config import settings as monailabel_settings
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+
+import activelabel
+from activelabel.checkpoints import ModelStore
+from activelabel.config import load_settings
+from activelabel.scores import ScoreStore
+from activelabel.strategies.most_uncertain import MostUncertain
+from activelabel.strategies.random_sample import RandomSample
+from activelabel.tasks.datastore import ValidatingDatastore
+from activelabel.tasks.infer import SegmentationInfer
+from activelabel.tasks.scoring import EpistemicScoring
+from activelabel.tasks.train import SegmentationTrainer
+
+logger = logging.getLogger(__name__)
+
+MODEL = "segmentation"
+
+
+class RadiologyActiveLabelApp(MONAILabelApp):
+    """Segmentation, training, epistemic scoring and active-learning strategies."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        self.settings = load_settings(conf, studies=studies, app_dir=app_dir)
+        self.model_store = ModelStore(self.settings.model_dir, name=MODEL)
+        self.model_store.ensure_initial(self.settings.network, self.settings.labels.to_dict(), seed=self.settings.seed)
+        self.score_store = ScoreStore(self.settings.scores_path)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="ActiveLabel radiology",
+            description="Active-learning segmentation of CT and MRI volumes",
+            version=activelabel.__version__,
+            labels=self.settings.labels.to_dict(),
+        )
+        # Every infer/save would re-queue all scorers otherwise; scoring is requested explicitly.
+        if "MONAI_LABEL_AUTO_UPDATE_SCORING" not in os.environ:
+            self._auto_update_scoring = False
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return ValidatingDatastore(
+            self.studies,
+            labels=self.settings.labels,
+            history_dir=self.settings.state_dir / "label-history",
+            extensions=monailabel_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=monailabel_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=monailabel_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        return {MODEL: SegmentationInfer(settings=self.settings, store=self.model_store)}
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        return {MODEL: SegmentationTrainer(settings=self.settings, store=self.model_store)}
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        return {
+            "epistemic": EpistemicScoring(
+                settings=self.settings, model_store=self.model_store, score_store=self.score_store
+            )
+        }
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        return {
+            "most_uncertain": MostUncertain(scores=self.score_store, metric=self.settings.uncertainty_metric),
+            "random": RandomSample(),
+        }
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        model = self.model_store.info()
+        info["activelabel"] = {"model": model.to_dict() if model else None}
+        return info

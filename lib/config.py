@@ -1,0 +1,245 @@
+"""Typed settings of the ActiveLabel app, in one place.
+
+Values come from MONAI Label's ``--conf KEY VALUE`` pairs first, then from environment
+variables ``ACTIVELABEL_<KEY>`` (upper case), then from the defaults below.  Every key is
+listed in :data:`KEYS` with its meaning; the README's configuration table is that list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from activelabel.labelmap import LABELS_FILE, LabelMap
+from activelabel.networks import NetworkSpec
+from activelabel.transforms import Modality, Preset, preset_for
+from activelabel.uncertainty import UncertaintyMetric
+
+ENV_PREFIX = "ACTIVELABEL_"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+def _floats(text: str, count: int) -> tuple[float, ...]:
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) != count:
+        raise ValueError(f"expected {count} comma-separated numbers")
+    return tuple(float(p) for p in parts)
+
+
+def _spacing(text: str) -> tuple[float, float, float] | None:
+    if text.strip().lower() in ("none", "native", ""):
+        return None
+    values = _floats(text, 3)
+    if min(values) <= 0:
+        raise ValueError("spacing must be positive")
+    return values  # type: ignore[return-value]
+
+
+def _roi(text: str) -> tuple[int, int, int]:
+    values = tuple(int(v) for v in _floats(text, 3))
+    if min(values) < 8:
+        raise ValueError("each roi dimension must be >= 8")
+    return values  # type: ignore[return-value]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    values = tuple(int(p) for p in text.split(",") if p.strip())
+    if len(values) < 2 or min(values) < 1:
+        raise ValueError("expected at least two positive integers")
+    return values
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError("must be in [0, 1)")
+    return value
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its default (as text), parser and meaning."""
+
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+
+
+KEYS: dict[str, Key] = {
+    "modality": Key("ct", lambda t: Modality(t.lower()), "ct or mr: intensity normalization and default spacing"),
+    "labels": Key(None, str, f"JSON object or file of label name -> value (default: <studies>/{LABELS_FILE})"),
+    "spacing": Key(None, _spacing, "target voxel spacing in mm, e.g. 3,3,3, or none (default: modality preset)"),
+    "roi_size": Key(None, _roi, "patch size for training and sliding-window inference (default: modality preset)"),
+    "channels": Key("16,32,64,128", _ints, "UNet feature maps per level"),
+    "dropout": Key("0.2", _fraction, "dropout probability in every UNet block (MC dropout needs > 0)"),
+    "mc_samples": Key("8", _positive_int, "Monte-Carlo dropout passes per volume when scoring"),
+    "uncertainty_metric": Key(
+        "mutual_information",
+        lambda t: UncertaintyMetric(t.lower()),
+        "score ranked by most_uncertain: entropy, mutual_information or variance",
+    ),
+    "foreground_dilation": Key("3", int, "voxels by which the predicted foreground grows before aggregating"),
+    "sw_overlap": Key("0.25", _fraction, "overlap of sliding-window inference"),
+    "max_epochs": Key("20", _positive_int, "training epochs per run (a request may override)"),
+    "learning_rate": Key("0.001", float, "Adam learning rate"),
+    "val_split": Key("0.2", _fraction, "fraction of labeled volumes held out for validation"),
+    "samples_per_volume": Key("2", _positive_int, "random patches drawn per volume per epoch"),
+    "seed": Key("0", int, "seed of the initial weights, splits and random strategy"),
+    "device": Key("auto", str, "auto, cpu or cuda[:N]"),
+    "model_dir": Key(None, str, "checkpoint directory (default: <state_dir>/model)"),
+    "state_dir": Key(None, str, "scores and model state (default: <studies>/.activelabel, or <app>/state for PACS)"),
+    "preload": Key("false", _bool, "load the network when the server starts"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one app instance."""
+
+    preset: Preset
+    labels: LabelMap
+    network: NetworkSpec
+    mc_samples: int
+    uncertainty_metric: UncertaintyMetric
+    foreground_dilation: int
+    sw_overlap: float
+    max_epochs: int
+    learning_rate: float
+    val_split: float
+    samples_per_volume: int
+    seed: int
+    device: str
+    state_dir: Path
+    model_dir: Path
+    preload: bool
+
+    @property
+    def scores_path(self) -> Path:
+        return self.state_dir / "scores.sqlite"
+
+
+def _raw(key: str, conf: Mapping[str, str], env: Mapping[str, str]) -> str | None:
+    if key in conf and conf[key] is not None:
+        return str(conf[key])
+    return env.get(ENV_PREFIX + key.upper())
+
+
+def _value(key: str, conf: Mapping[str, str], env: Mapping[str, str]) -> Any:
+    spec = KEYS[key]
+    text = _raw(key, conf, env)
+    if text is None:
+        text = spec.default
+    if text is None:
+        return None
+    try:
+        return spec.parse(text)
+    except ValueError as error:
+        raise ConfigError(f"invalid value {text!r} for '{key}': {error}") from None
+
+
+def _is_remote(studies: str) -> bool:
+    return studies.startswith(("http://", "https://"))
+
+
+def _default_state_dir(studies: str, app_dir: str) -> Path:
+    if _is_remote(studies):
+        digest = hashlib.sha1(studies.encode()).hexdigest()[:12]
+        return Path(app_dir) / "state" / digest
+    return Path(studies) / ".activelabel"
+
+
+def _labels(text: str | None, studies: str) -> LabelMap:
+    if text is None:
+        candidate = Path(studies) / LABELS_FILE
+        if _is_remote(studies) or not candidate.is_file():
+            raise ConfigError(
+                f"no labels configured: put a {LABELS_FILE} of name -> value into the studies folder "
+                "or pass --conf labels '{\"liver\": 1}' (a JSON object or a file path)"
+            )
+        text = str(candidate)
+    try:
+        return LabelMap.from_json(text)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"invalid value for 'labels': {error}") from None
+
+
+def _device(text: str) -> str:
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return text
+
+
+def load_settings(
+    conf: Mapping[str, str] | None,
+    *,
+    studies: str,
+    app_dir: str,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every key for an app serving ``studies`` from ``app_dir``.
+
+    Keys that are not ours are ignored: MONAI Label passes its own through ``--conf`` too.
+
+    Raises:
+        ConfigError: on a value that does not parse, or when no labels are configured.
+    """
+    conf = dict(conf or {})
+    env = os.environ if env is None else env
+    values = {key: _value(key, conf, env) for key in KEYS if key != "labels"}
+    labels = _labels(_raw("labels", conf, env), studies)
+    preset = preset_for(values["modality"]).with_overrides(spacing=values["spacing"], roi_size=values["roi_size"])
+    channels = values["channels"]
+    network = NetworkSpec(
+        out_channels=labels.num_channels,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        dropout=values["dropout"],
+    )
+    divisor = network.size_divisor
+    if any(size % divisor for size in preset.roi_size):
+        raise ConfigError(f"roi_size {preset.roi_size} must be a multiple of {divisor} for this network")
+    state_dir = Path(values["state_dir"]) if values["state_dir"] else _default_state_dir(studies, app_dir)
+    model_dir = Path(values["model_dir"]) if values["model_dir"] else state_dir / "model"
+    return Settings(
+        preset=preset,
+        labels=labels,
+        network=network,
+        mc_samples=values["mc_samples"],
+        uncertainty_metric=values["uncertainty_metric"],
+        foreground_dilation=values["foreground_dilation"],
+        sw_overlap=values["sw_overlap"],
+        max_epochs=values["max_epochs"],
+        learning_rate=values["learning_rate"],
+        val_split=values["val_split"],
+        samples_per_volume=values["samples_per_volume"],
+        seed=values["seed"],
+        device=_device(values["device"]),
+        state_dir=state_dir,
+        model_dir=model_dir,
+        preload=values["preload"],
+    )

@@ -1,0 +1,69 @@
+"""Network forward passes over whole volumes: deterministic and Monte-Carlo dropout.
+
+Inputs are pre-processed ``(1, *spatial)`` image tensors (see :mod:`activelabel.transforms`);
+outputs are ``(C, *spatial)`` softmax probabilities on the same grid.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+from activelabel.checkpoints import ModelInfo, ModelStore
+from activelabel.networks import NetworkSpec, build_network, mc_dropout
+from activelabel.uncertainty import SampleAccumulator, VolumeUncertainty
+
+
+def sliding_window(roi_size: tuple[int, int, int], *, overlap: float = 0.25) -> SlidingWindowInferer:
+    """The sliding-window inferer used everywhere (infer, validation, scoring)."""
+    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=1, overlap=overlap, mode="gaussian")
+
+
+def load_model(store: ModelStore, *, device: str = "cpu") -> tuple[nn.Module, ModelInfo]:
+    """The published network of ``store`` in eval mode, with its info."""
+    state, info = store.load(map_location=device)
+    network = build_network(NetworkSpec.from_dict(info.spec))
+    network.load_state_dict(state)
+    return network.to(device).eval(), info
+
+
+def _batch(image: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    if image.ndim != 4:
+        raise ValueError(f"expected a (channel, x, y, z) image, got shape {tuple(image.shape)}")
+    return torch.as_tensor(image, dtype=torch.float32)[None].to(device)
+
+
+@torch.no_grad()
+def predict_probabilities(network: nn.Module, image: torch.Tensor, inferer: SlidingWindowInferer) -> torch.Tensor:
+    """Deterministic softmax probabilities ``(C, *spatial)``; the network is put in eval mode."""
+    network.eval()
+    device = next(network.parameters()).device
+    logits = inferer(_batch(image, device), network)
+    return torch.softmax(torch.as_tensor(logits), dim=1)[0].cpu()
+
+
+@torch.no_grad()
+def mc_dropout_uncertainty(
+    network: nn.Module,
+    image: torch.Tensor,
+    inferer: SlidingWindowInferer,
+    *,
+    samples: int,
+    dilation: int = 3,
+) -> VolumeUncertainty:
+    """Epistemic uncertainty of one volume from ``samples`` MC-dropout passes.
+
+    Only dropout layers sample; normalization layers stay in eval mode.  Samples are folded
+    into running statistics, so memory does not grow with ``samples``.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    device = next(network.parameters()).device
+    batch = _batch(image, device)
+    accumulator = SampleAccumulator()
+    with mc_dropout(network):
+        for _ in range(samples):
+            logits = inferer(batch, network)
+            accumulator.add(torch.softmax(torch.as_tensor(logits), dim=1)[0].cpu())
+    return accumulator.result(dilation=dilation)

@@ -1,0 +1,159 @@
+"""Per-image uncertainty scores, each tagged with the model version that produced it.
+
+Scores live in a small SQLite database beside the project's other state rather than in
+MONAI Label's datastore JSON: scoring runs in a separate process, and SQLite gives atomic,
+concurrent writes and indexed "highest score" queries without rewriting a whole file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from activelabel.uncertainty import UncertaintyMetric, VolumeUncertainty
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS scores (
+    image_id TEXT PRIMARY KEY,
+    model_version INTEGER NOT NULL,
+    entropy REAL NOT NULL,
+    mutual_information REAL NOT NULL,
+    variance REAL NOT NULL,
+    foreground_fraction REAL NOT NULL,
+    samples INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    scored_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """The stored uncertainty of one image."""
+
+    image_id: str
+    model_version: int
+    uncertainty: VolumeUncertainty
+    seconds: float
+    scored_at: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "image": self.image_id,
+            "model_version": self.model_version,
+            **self.uncertainty.to_dict(),
+            "seconds": self.seconds,
+            "scored_at": self.scored_at,
+        }
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """How many images have a score from the current model, an older one, or none."""
+
+    fresh: int
+    stale: int
+    unscored: int
+
+
+class ScoreStore:
+    """SQLite-backed score table.
+
+    Args:
+        path: database file; its directory is created when missing.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def put(self, image_id: str, model_version: int, uncertainty: VolumeUncertainty, *, seconds: float) -> None:
+        """Store (or replace) the score of one image."""
+        u = uncertainty
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    image_id,
+                    model_version,
+                    u.entropy,
+                    u.mutual_information,
+                    u.variance,
+                    u.foreground_fraction,
+                    u.samples,
+                    seconds,
+                    time.time(),
+                ),
+            )
+
+    def get(self, image_id: str) -> ImageScore | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM scores WHERE image_id = ?", (image_id,)).fetchone()
+        return _to_score(row) if row else None
+
+    def all(self) -> dict[str, ImageScore]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM scores").fetchall()
+        return {row[0]: _to_score(row) for row in rows}
+
+    def stale(self, image_ids: Iterable[str], model_version: int) -> list[str]:
+        """The ids among ``image_ids`` without a score from ``model_version``."""
+        current = {image_id for image_id, score in self.all().items() if score.model_version == model_version}
+        return [image_id for image_id in image_ids if image_id not in current]
+
+    def freshness(self, image_ids: Iterable[str], model_version: int) -> Freshness:
+        scores = self.all()
+        fresh = stale = unscored = 0
+        for image_id in image_ids:
+            score = scores.get(image_id)
+            if score is None:
+                unscored += 1
+            elif score.model_version == model_version:
+                fresh += 1
+            else:
+                stale += 1
+        return Freshness(fresh=fresh, stale=stale, unscored=unscored)
+
+    def ranked(self, image_ids: Iterable[str], metric: UncertaintyMetric | str) -> list[ImageScore]:
+        """Scores of ``image_ids`` in descending order of ``metric`` (unscored ids omitted).
+
+        Ties are broken by image id so the order is deterministic.
+        """
+        name = UncertaintyMetric(metric).value
+        wanted = set(image_ids)
+        scores = [score for image_id, score in self.all().items() if image_id in wanted]
+        scores.sort(key=lambda s: (-s.uncertainty.score(name), s.image_id))
+        return scores
+
+
+def _to_score(row: tuple) -> ImageScore:
+    image_id, version, entropy, mi, variance, fraction, samples, seconds, scored_at = row
+    return ImageScore(
+        image_id=image_id,
+        model_version=int(version),
+        uncertainty=VolumeUncertainty(
+            entropy=entropy,
+            mutual_information=mi,
+            variance=variance,
+            foreground_fraction=fraction,
+            samples=int(samples),
+        ),
+        seconds=seconds,
+        scored_at=scored_at,
+    )

@@ -1,0 +1,89 @@
+"""Epistemic scoring of a pool of volumes with the current model, skipping fresh scores."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from activelabel.inference import mc_dropout_uncertainty, sliding_window
+from activelabel.scores import ScoreStore
+from activelabel.transforms import Preset, inference_transforms
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How volumes are scored.
+
+    Attributes:
+        samples: MC-dropout passes per volume.
+        dilation: voxels by which the predicted foreground grows before aggregating.
+        overlap: sliding-window overlap.
+        force: rescore images whose score is already from the current model.
+    """
+
+    samples: int
+    dilation: int = 3
+    overlap: float = 0.25
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ScoringReport:
+    """What one scoring run did."""
+
+    model_version: int
+    scored: int
+    skipped: int
+    seconds: float
+    seconds_per_volume: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def score_pool(
+    images: Mapping[str, str],
+    *,
+    network: nn.Module,
+    model_version: int,
+    preset: Preset,
+    store: ScoreStore,
+    options: ScoringOptions,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> ScoringReport:
+    """Score every image of ``images`` (id -> path) whose stored score is stale.
+
+    Each score is written as soon as it is computed, so an interrupted run keeps its
+    progress and the next run resumes with the images still stale.
+    """
+    start = time.perf_counter()
+    todo = list(images) if options.force else store.stale(images, model_version)
+    load = inference_transforms(preset)
+    inferer = sliding_window(preset.roi_size, overlap=options.overlap)
+    for done, image_id in enumerate(todo, start=1):
+        began = time.perf_counter()
+        image = load({"image": images[image_id]})["image"]
+        with torch.inference_mode():
+            uncertainty = mc_dropout_uncertainty(
+                network, image, inferer, samples=options.samples, dilation=options.dilation
+            )
+        seconds = time.perf_counter() - began
+        store.put(image_id, model_version, uncertainty, seconds=seconds)
+        logger.info("scored %s (%d/%d) in %.2fs: %s", image_id, done, len(todo), seconds, uncertainty.to_dict())
+        if progress is not None:
+            progress(done, len(todo), image_id)
+    total = time.perf_counter() - start
+    return ScoringReport(
+        model_version=model_version,
+        scored=len(todo),
+        skipped=len(images) - len(todo),
+        seconds=total,
+        seconds_per_volume=total / len(todo) if todo else None,
+    )

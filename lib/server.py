@@ -1,0 +1,37 @@
+"""The ASGI app of ``activelabel serve``: MONAI Label's FastAPI app plus /activelabel routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from monailabel.app import app
+from monailabel.interfaces.utils.app import app_instance
+from monailabel.utils.async_tasks.utils import processes
+
+from activelabel.status import project_status
+
+router = APIRouter(prefix="/activelabel", tags=["ActiveLabel"])
+
+
+def _activelabel_app() -> Any:
+    instance = app_instance()
+    if not hasattr(instance, "model_store") or not hasattr(instance, "score_store"):
+        raise HTTPException(status_code=501, detail="the served MONAI Label app is not an ActiveLabel app")
+    return instance
+
+
+@router.get("/status", summary="Labeling progress, current model and score freshness")
+def status() -> dict[str, Any]:
+    instance = _activelabel_app()
+    return project_status(
+        datastore=instance.datastore(),
+        model_store=instance.model_store,
+        score_store=instance.score_store,
+        training_running=bool(processes("train")),
+    )
+
+
+app.include_router(router)
+
+__all__ = ["app", "router"]

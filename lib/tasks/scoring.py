@@ -1,0 +1,67 @@
+"""The ``epistemic`` scoring method: MC-dropout uncertainty of every unlabeled volume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from activelabel.checkpoints import ModelStore
+from activelabel.config import Settings
+from activelabel.inference import load_model
+from activelabel.scores import ScoreStore
+from activelabel.scoring import ScoringOptions, score_pool
+
+
+class EpistemicScoring(ScoringMethod):
+    """Scores unlabeled volumes whose stored score is not from the current model.
+
+    Request keys (all optional): ``mc_samples`` (passes per volume), ``force`` (rescore
+    fresh images too).
+
+    Args:
+        settings: the app's resolved settings.
+        model_store: where the current model is published.
+        score_store: where scores are kept.
+    """
+
+    def __init__(self, *, settings: Settings, model_store: ModelStore, score_store: ScoreStore) -> None:
+        super().__init__(
+            "Monte-Carlo dropout epistemic uncertainty (entropy, mutual information, variance) "
+            "over the dilated predicted foreground"
+        )
+        self.settings = settings
+        self.model_store = model_store
+        self.score_store = score_store
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["config"] = {
+            "mc_samples": self.settings.mc_samples,
+            "foreground_dilation": self.settings.foreground_dilation,
+            "metrics": ["entropy", "mutual_information", "variance"],
+        }
+        return info
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        samples = int(request.get("mc_samples", self.settings.mc_samples))
+        if samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {samples}")
+        force = str(request.get("force", "false")).lower() in ("1", "true", "yes")
+        network, info = load_model(self.model_store, device=self.settings.device)
+        images = {image_id: datastore.get_image_uri(image_id) for image_id in datastore.get_unlabeled_images()}
+        report = score_pool(
+            images,
+            network=network,
+            model_version=info.version,
+            preset=self.settings.preset,
+            store=self.score_store,
+            options=ScoringOptions(
+                samples=samples,
+                dilation=self.settings.foreground_dilation,
+                overlap=self.settings.sw_overlap,
+                force=force,
+            ),
+        )
+        return report.to_dict()

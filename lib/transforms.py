@@ -1,0 +1,190 @@
+"""Pre-processing per modality, shared by inference, scoring, training and the simulator.
+
+Every pipeline takes dictionaries with an ``image`` path (and a ``label`` path where there
+is one) and yields channel-first MetaTensors in RAS orientation on the preset's voxel
+spacing.  Label maps are turned into channel indices (see :class:`LabelMap`) so that the
+network's output channel ``i`` always means the ``i``-th label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+    SpatialPadd,
+)
+
+from activelabel.labelmap import LabelMap
+
+
+class Modality(str, Enum):
+    """Imaging modality; selects the intensity normalization and default spacing."""
+
+    CT = "ct"
+    MR = "mr"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Intensity and geometry settings of one modality.
+
+    Attributes:
+        modality: CT (fixed Hounsfield window) or MR (per-volume percentiles).
+        spacing: target voxel spacing in mm, RAS order; ``None`` keeps each image's own.
+        roi_size: patch size of training crops and sliding-window inference (voxels).
+        window: CT intensity window in HU mapped to [0, 1].
+        percentiles: MR lower/upper percentiles mapped to [0, 1].
+    """
+
+    modality: Modality
+    spacing: tuple[float, float, float] | None
+    roi_size: tuple[int, int, int]
+    window: tuple[float, float] = (-250.0, 350.0)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def with_overrides(
+        self,
+        *,
+        spacing: tuple[float, float, float] | None = None,
+        roi_size: tuple[int, int, int] | None = None,
+    ) -> Preset:
+        """A copy with the given fields replaced (``None`` keeps the preset's value)."""
+        return replace(
+            self,
+            spacing=spacing if spacing is not None else self.spacing,
+            roi_size=roi_size if roi_size is not None else self.roi_size,
+        )
+
+
+PRESETS: dict[Modality, Preset] = {
+    Modality.CT: Preset(modality=Modality.CT, spacing=(3.0, 3.0, 3.0), roi_size=(96, 96, 96)),
+    Modality.MR: Preset(modality=Modality.MR, spacing=(1.0, 1.0, 1.0), roi_size=(48, 48, 48)),
+}
+
+
+def preset_for(modality: Modality | str) -> Preset:
+    """The preset of a modality given by enum or name (``"ct"``, ``"mr"``)."""
+    if isinstance(modality, Modality):
+        return PRESETS[modality]
+    try:
+        return PRESETS[Modality(modality.lower())]
+    except ValueError:
+        choices = ", ".join(m.value for m in Modality)
+        raise ValueError(f"unknown modality {modality!r}; choose one of: {choices}") from None
+
+
+class MapArrayd(MapTransform):
+    """Apply a NumPy function voxel-wise to tensors, keeping their metadata."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        *,
+        func: Callable[[np.ndarray], np.ndarray],
+        dtype: torch.dtype,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.func = func
+        self.dtype = dtype
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            mapped = torch.as_tensor(self.func(np.rint(array)), dtype=self.dtype)
+            d[key] = MetaTensor(mapped, meta=value.meta) if isinstance(value, MetaTensor) else mapped
+        return d
+
+
+def label_values_to_channels(keys: KeysCollection, labels: LabelMap) -> MapArrayd:
+    """Label values -> network channel indices (for training targets)."""
+    return MapArrayd(keys, func=labels.to_channels, dtype=torch.uint8)
+
+
+def channels_to_label_values(keys: KeysCollection, labels: LabelMap) -> MapArrayd:
+    """Network channel indices (an argmax map) -> label values (for written labels)."""
+    dtype = torch.uint8 if max(labels.values) < 256 else torch.int32
+    return MapArrayd(keys, func=labels.to_values, dtype=dtype)
+
+
+def _intensity(preset: Preset) -> MapTransform:
+    if preset.modality is Modality.CT:
+        low, high = preset.window
+        return ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+    low, high = preset.percentiles
+    return ScaleIntensityRangePercentilesd(keys="image", lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True)
+
+
+def load_transforms(preset: Preset, *, labels: LabelMap | None = None) -> list[MapTransform]:
+    """Deterministic loading: read, channel-first, RAS, resample, normalize.
+
+    With ``labels`` the ``label`` key is loaded alongside and resampled with nearest
+    neighbour, then mapped to channel indices.
+    """
+    keys: Sequence[str] = ("image", "label") if labels is not None else ("image",)
+    transforms: list[MapTransform] = [
+        LoadImaged(keys=keys, image_only=True),
+        EnsureChannelFirstd(keys=keys),
+        Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+    ]
+    if preset.spacing is not None:
+        modes = ("bilinear", "nearest") if labels is not None else ("bilinear",)
+        transforms.append(Spacingd(keys=keys, pixdim=preset.spacing, mode=modes))
+    transforms.append(_intensity(preset))
+    transforms.append(EnsureTyped(keys="image", dtype=torch.float32))
+    if labels is not None:
+        transforms.append(label_values_to_channels("label", labels))
+    return transforms
+
+
+def inference_transforms(preset: Preset) -> Compose:
+    """Image-only pre-processing for inference and scoring (invertible)."""
+    return Compose(load_transforms(preset))
+
+
+def evaluation_transforms(preset: Preset, labels: LabelMap) -> Compose:
+    """Image and label pre-processing for validation and the simulator's test split."""
+    return Compose(load_transforms(preset, labels=labels))
+
+
+def augmentation_transforms(preset: Preset, *, samples_per_volume: int = 2) -> Compose:
+    """Random patch sampling and intensity augmentation after :func:`evaluation_transforms`.
+
+    No flips: left and right organs carry different labels.
+    """
+    return Compose(
+        [
+            SpatialPadd(keys=("image", "label"), spatial_size=preset.roi_size),
+            RandCropByPosNegLabeld(
+                keys=("image", "label"),
+                label_key="label",
+                spatial_size=preset.roi_size,
+                pos=2,
+                neg=1,
+                num_samples=samples_per_volume,
+                allow_smaller=True,
+            ),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+        ]
+    )

@@ -1,0 +1,116 @@
+"""Checks on uploaded images and label maps before anything is stored.
+
+Each check raises :class:`InputRejected` with an HTTP status and one readable sentence, so
+the server can answer 4xx and the datastore stays untouched.  Files are read with
+SimpleITK, which understands every format MONAI Label stores (NIfTI, NRRD, MHA, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from activelabel.labelmap import LabelMap
+
+# Geometry tolerances: spacing/direction are relative, origin is in fractions of a voxel.
+_SPACING_RTOL = 1e-4
+_DIRECTION_ATOL = 1e-4
+_ORIGIN_VOXELS = 1e-2
+
+
+class InputRejected(ValueError):
+    """An upload that cannot be stored; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Voxel grid of an image in LPS world coordinates, as ITK reports it."""
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+
+def read_geometry(path: str | Path, *, what: str = "image") -> Geometry:
+    """Header-only read of a volume's grid.
+
+    Raises:
+        InputRejected: 415 when the file is not a readable image.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputRejected(
+            f"the {what} is not a readable medical image (send NIfTI .nii/.nii.gz, NRRD or MHA)", status=415
+        ) from None
+    return Geometry(
+        size=tuple(reader.GetSize()),
+        spacing=tuple(reader.GetSpacing()),
+        origin=tuple(reader.GetOrigin()),
+        direction=tuple(reader.GetDirection()),
+    )
+
+
+def check_image(path: str | Path) -> Geometry:
+    """An uploaded image must be a readable 3D volume."""
+    geometry = read_geometry(path, what="uploaded file")
+    if len(geometry.size) != 3:
+        raise InputRejected(f"the image must be a 3D volume, got {len(geometry.size)} dimensions")
+    if min(geometry.size) < 1:
+        raise InputRejected(f"the image is empty (size {geometry.size})")
+    return geometry
+
+
+def check_same_grid(label: Geometry, image: Geometry) -> None:
+    """A label must lie on exactly its image's voxel grid."""
+    if label.size != image.size:
+        raise InputRejected(f"label shape {label.size} differs from image shape {image.size}")
+    spacing_label, spacing_image = np.asarray(label.spacing), np.asarray(image.spacing)
+    if not np.allclose(spacing_label, spacing_image, rtol=_SPACING_RTOL, atol=0.0):
+        raise InputRejected(f"label spacing {label.spacing} differs from image spacing {image.spacing}")
+    if not np.allclose(label.direction, image.direction, atol=_DIRECTION_ATOL):
+        raise InputRejected("label orientation (direction cosines) differs from the image's")
+    tolerance = _ORIGIN_VOXELS * float(spacing_image.min())
+    if not np.allclose(label.origin, image.origin, atol=tolerance, rtol=0.0):
+        raise InputRejected(f"label origin {label.origin} differs from image origin {image.origin}")
+
+
+def check_label_values(values: np.ndarray, labels: LabelMap) -> None:
+    """Every voxel must hold an integer among background and the app's label values."""
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)):
+            raise InputRejected("label contains NaN or infinite values")
+        if not np.array_equal(values, np.round(values)):
+            raise InputRejected("label values must be integers, got fractional values")
+    elif values.dtype.kind not in "iub":
+        raise InputRejected(f"label voxels must be integers, got type {values.dtype}")
+    present = {int(v) for v in np.unique(values)}
+    unknown = sorted(present - labels.allowed_values)
+    if unknown:
+        known = ", ".join(f"{v} {n}" for n, v in labels.to_dict().items())
+        raise InputRejected(f"label values {unknown} are not among the app's labels (0 background, {known})")
+
+
+def check_label(label_path: str | Path, image_path: str | Path, labels: LabelMap) -> None:
+    """A label upload must be readable, on its image's grid and hold only known values."""
+    label_geometry = read_geometry(label_path, what="label")
+    if len(label_geometry.size) != 3:
+        raise InputRejected(f"the label must be a 3D volume, got {len(label_geometry.size)} dimensions")
+    check_same_grid(label_geometry, read_geometry(image_path, what="stored image"))
+    try:
+        values = sitk.GetArrayViewFromImage(sitk.ReadImage(str(label_path)))
+    except RuntimeError:
+        raise InputRejected("the label file is truncated or corrupt", status=415) from None
+    if values.ndim != 3:
+        raise InputRejected("the label must have a single component per voxel")
+    check_label_values(np.asarray(values), labels)
