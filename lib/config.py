@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,11 @@ def load_settings(
     env = os.environ if env is None else env
     values = {key: _value(key, conf, env) for key in KEYS if key != "labels"}
     labels = _labels(_raw("labels", conf, env), studies)
-    preset = preset_for(values["modality"]).with_overrides(spacing=values["spacing"], roi_size=values["roi_size"])
+    preset = preset_for(values["modality"])
+    if _raw("spacing", conf, env) is not None:  # "none" is a value: keep each image's own spacing
+        preset = replace(preset, spacing=values["spacing"])
+    if values["roi_size"] is not None:
+        preset = replace(preset, roi_size=values["roi_size"])
     channels = values["channels"]
     network = NetworkSpec(
         out_channels=labels.num_channels,

@@ -50,7 +50,10 @@ class NetworkSpec:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """JSON-ready fields (sequences as lists, so a round trip through JSON is exact)."""
+        data = asdict(self)
+        data["channels"], data["strides"] = list(self.channels), list(self.strides)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> NetworkSpec:

@@ -9,7 +9,7 @@ network's output channel ``i`` always means the ``i``-th label.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
@@ -59,19 +59,6 @@ class Preset:
     roi_size: tuple[int, int, int]
     window: tuple[float, float] = (-250.0, 350.0)
     percentiles: tuple[float, float] = (0.5, 99.5)
-
-    def with_overrides(
-        self,
-        *,
-        spacing: tuple[float, float, float] | None = None,
-        roi_size: tuple[int, int, int] | None = None,
-    ) -> Preset:
-        """A copy with the given fields replaced (``None`` keeps the preset's value)."""
-        return replace(
-            self,
-            spacing=spacing if spacing is not None else self.spacing,
-            roi_size=roi_size if roi_size is not None else self.roi_size,
-        )
 
 
 PRESETS: dict[Modality, Preset] = {

@@ -1,8 +1,9 @@
 """Checks on uploaded images and label maps before anything is stored.
 
 Each check raises :class:`InputRejected` with an HTTP status and one readable sentence, so
-the server can answer 4xx and the datastore stays untouched.  Files are read with
-SimpleITK, which understands every format MONAI Label stores (NIfTI, NRRD, MHA, ...).
+the server can answer 4xx and the datastore stays untouched.  Geometry is read with
+SimpleITK, which understands every format MONAI Label stores (NIfTI, NRRD, MHA, ...);
+NIfTI voxel values are read with nibabel, as training reads them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -107,10 +109,18 @@ def check_label(label_path: str | Path, image_path: str | Path, labels: LabelMap
     if len(label_geometry.size) != 3:
         raise InputRejected(f"the label must be a 3D volume, got {len(label_geometry.size)} dimensions")
     check_same_grid(label_geometry, read_geometry(image_path, what="stored image"))
-    try:
-        values = sitk.GetArrayViewFromImage(sitk.ReadImage(str(label_path)))
-    except RuntimeError:
-        raise InputRejected("the label file is truncated or corrupt", status=415) from None
+    values = _read_values(label_path)
     if values.ndim != 3:
         raise InputRejected("the label must have a single component per voxel")
-    check_label_values(np.asarray(values), labels)
+    check_label_values(values, labels)
+
+
+def _read_values(path: str | Path) -> np.ndarray:
+    """Voxel values as training will see them (nibabel for NIfTI, as MONAI reads it)."""
+    name = str(path).lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            return np.asanyarray(nib.load(str(path)).dataobj)
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except (RuntimeError, OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError):
+        raise InputRejected("the label file is truncated or corrupt", status=415) from None

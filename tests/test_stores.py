@@ -1,0 +1,71 @@
+"""Model versions and score freshness, as stored on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from activelabel.checkpoints import ModelStore
+from activelabel.networks import NetworkSpec, build_network
+from activelabel.scores import ScoreStore
+from activelabel.uncertainty import VolumeUncertainty
+
+SPEC = NetworkSpec(out_channels=3, channels=(4, 8), strides=(2,))
+LABELS = {"a": 1, "b": 2}
+
+
+def test_initial_model_is_version_zero_and_published_once(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    first = store.ensure_initial(SPEC, LABELS)
+    again = store.ensure_initial(SPEC, LABELS)
+    assert first.version == again.version == 0
+    assert not first.trained
+    state, info = store.load()
+    assert info.version == 0 and set(state) == set(_network().state_dict())
+
+
+def _network() -> torch.nn.Module:
+    return build_network(SPEC)
+
+
+def test_publish_increments_version_and_keeps_weights_with_info(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.ensure_initial(SPEC, LABELS)
+    weights = _network().state_dict()
+    info = store.publish(weights, spec=SPEC.to_dict(), labels=LABELS, val_dice={"a": 0.5, "b": 0.7}, val_mean_dice=0.6)
+    assert info.version == 1 and info.trained
+    state, loaded = store.load()
+    assert loaded == store.info() == info
+    for key, value in weights.items():
+        torch.testing.assert_close(state[key], value)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_model_for_other_labels_is_refused_with_advice(tmp_path: Path) -> None:
+    ModelStore(tmp_path).ensure_initial(SPEC, LABELS)
+    with pytest.raises(ValueError, match="trained for labels"):
+        ModelStore(tmp_path).ensure_initial(SPEC, {"a": 1, "c": 2})
+
+
+def _u(value: float) -> VolumeUncertainty:
+    return VolumeUncertainty(entropy=value, mutual_information=value, variance=value, foreground_fraction=0.5, samples=2)
+
+
+def test_scores_are_fresh_only_for_the_current_model_version(tmp_path: Path) -> None:
+    store = ScoreStore(tmp_path / "scores.sqlite")
+    store.put("x", 1, _u(0.1), seconds=1.0)
+    store.put("y", 2, _u(0.2), seconds=1.0)
+    freshness = store.freshness(["x", "y", "z"], model_version=2)
+    assert (freshness.fresh, freshness.stale, freshness.unscored) == (1, 1, 1)
+    assert store.stale(["x", "y", "z"], 2) == ["x", "z"]
+
+
+def test_rescoring_replaces_the_previous_score(tmp_path: Path) -> None:
+    store = ScoreStore(tmp_path / "scores.sqlite")
+    store.put("x", 1, _u(0.1), seconds=1.0)
+    store.put("x", 2, _u(0.9), seconds=1.0)
+    score = ScoreStore(tmp_path / "scores.sqlite").get("x")
+    assert score is not None and score.model_version == 2 and score.uncertainty.entropy == pytest.approx(0.9)
+    assert [s.image_id for s in store.ranked(["x"], "entropy")] == ["x"]

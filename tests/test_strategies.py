@@ -1,0 +1,84 @@
+"""Active-learning strategies on a real LocalDatastore and score store."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from monailabel.datastore.local import LocalDatastore
+
+from activelabel.scores import ScoreStore
+from activelabel.strategies.most_uncertain import MostUncertain
+from activelabel.strategies.random_sample import RandomSample, pick_random
+from activelabel.uncertainty import UncertaintyMetric, VolumeUncertainty
+from tests.helpers import tiny_datastore
+
+
+def _uncertainty(entropy: float, mi: float, variance: float) -> VolumeUncertainty:
+    return VolumeUncertainty(entropy=entropy, mutual_information=mi, variance=variance, foreground_fraction=0.1, samples=4)
+
+
+@pytest.fixture
+def datastore(tmp_path: Path) -> LocalDatastore:
+    root = tiny_datastore(tmp_path / "studies", ["a", "b", "c", "d"], labeled=["a"])
+    return LocalDatastore(str(root), extensions=("*.nii.gz",))
+
+
+@pytest.fixture
+def scores(tmp_path: Path) -> ScoreStore:
+    store = ScoreStore(tmp_path / "scores.sqlite")
+    store.put("a", 1, _uncertainty(9.0, 9.0, 9.0), seconds=0.1)  # labeled: must never be chosen
+    store.put("b", 1, _uncertainty(0.5, 0.2, 0.03), seconds=0.1)
+    store.put("c", 1, _uncertainty(0.9, 0.1, 0.01), seconds=0.1)
+    return store
+
+
+def test_most_uncertain_picks_highest_score_among_unlabeled(datastore: LocalDatastore, scores: ScoreStore) -> None:
+    strategy = MostUncertain(scores=scores, metric=UncertaintyMetric.ENTROPY)
+    result = strategy({}, datastore)
+    assert result["id"] == "c"
+    assert result["score"] == pytest.approx(0.9)
+    assert result["ranked"] == 2
+    assert result["unscored"] == 1
+
+
+@pytest.mark.parametrize(("metric", "expected"), [("mutual_information", "b"), ("variance", "b"), ("entropy", "c")])
+def test_most_uncertain_metric_is_configurable_per_request(
+    datastore: LocalDatastore, scores: ScoreStore, metric: str, expected: str
+) -> None:
+    strategy = MostUncertain(scores=scores, metric=UncertaintyMetric.ENTROPY)
+    assert strategy({"metric": metric}, datastore)["id"] == expected
+
+
+def test_most_uncertain_rejects_unknown_metric(datastore: LocalDatastore, scores: ScoreStore) -> None:
+    strategy = MostUncertain(scores=scores, metric=UncertaintyMetric.ENTROPY)
+    with pytest.raises(ValueError, match="unknown metric 'dice'"):
+        strategy({"metric": "dice"}, datastore)
+
+
+def test_most_uncertain_without_scores_falls_back_to_random_and_says_so(datastore: LocalDatastore, tmp_path: Path) -> None:
+    strategy = MostUncertain(scores=ScoreStore(tmp_path / "empty.sqlite"), metric=UncertaintyMetric.ENTROPY)
+    result = strategy({}, datastore)
+    assert result["id"] in {"b", "c", "d"}
+    assert result["score"] is None
+    assert "random" in result["fallback"]
+
+
+def test_strategies_return_nothing_when_everything_is_labeled(tmp_path: Path, scores: ScoreStore) -> None:
+    root = tiny_datastore(tmp_path / "done", ["a"], labeled=["a"])
+    datastore = LocalDatastore(str(root), extensions=("*.nii.gz",))
+    assert MostUncertain(scores=scores, metric=UncertaintyMetric.ENTROPY)({}, datastore) is None
+    assert RandomSample()({}, datastore) is None
+
+
+def test_random_never_picks_labeled_and_covers_all_unlabeled(datastore: LocalDatastore) -> None:
+    strategy = RandomSample()
+    picks = {strategy({"seed": seed}, datastore)["id"] for seed in range(40)}
+    assert picks == {"b", "c", "d"}
+
+
+def test_random_with_seed_is_reproducible(datastore: LocalDatastore) -> None:
+    strategy = RandomSample()
+    assert strategy({"seed": 3}, datastore)["id"] == strategy({"seed": 3}, datastore)["id"]
+    assert pick_random(["x", "y", "z"], rng=random.Random(1)) == pick_random(["z", "y", "x"], rng=random.Random(1))
