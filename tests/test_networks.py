@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from activelabel.networks import NetworkSpec, build_network, dropout_layers, initial_state, mc_dropout
+from activelabel.networks import NetworkSpec, build_network, initial_state, mc_dropout
 
 
 @pytest.fixture
@@ -41,7 +41,8 @@ def test_mc_dropout_leaves_norm_statistics_unchanged(batchnorm_network: nn.Modul
         for _ in range(4):
             batchnorm_network(torch.randn(1, 1, 16, 16, 16) * 10 + 5)
     after = _norm_state(batchnorm_network)
-    assert before.keys() == after.keys() and before
+    assert before.keys() == after.keys()
+    assert before
     for key in before:
         torch.testing.assert_close(before[key], after[key])
 

@@ -23,7 +23,8 @@ def test_initial_model_is_version_zero_and_published_once(tmp_path: Path) -> Non
     assert first.version == again.version == 0
     assert not first.trained
     state, info = store.load()
-    assert info.version == 0 and set(state) == set(_network().state_dict())
+    assert info.version == 0
+    assert set(state) == set(_network().state_dict())
 
 
 def _network() -> torch.nn.Module:
@@ -35,7 +36,8 @@ def test_publish_increments_version_and_keeps_weights_with_info(tmp_path: Path) 
     store.ensure_initial(SPEC, LABELS)
     weights = _network().state_dict()
     info = store.publish(weights, spec=SPEC.to_dict(), labels=LABELS, val_dice={"a": 0.5, "b": 0.7}, val_mean_dice=0.6)
-    assert info.version == 1 and info.trained
+    assert info.version == 1
+    assert info.trained
     state, loaded = store.load()
     assert loaded == store.info() == info
     for key, value in weights.items():
@@ -50,7 +52,9 @@ def test_model_for_other_labels_is_refused_with_advice(tmp_path: Path) -> None:
 
 
 def _u(value: float) -> VolumeUncertainty:
-    return VolumeUncertainty(entropy=value, mutual_information=value, variance=value, foreground_fraction=0.5, samples=2)
+    return VolumeUncertainty(
+        entropy=value, mutual_information=value, variance=value, foreground_fraction=0.5, samples=2
+    )
 
 
 def test_scores_are_fresh_only_for_the_current_model_version(tmp_path: Path) -> None:
@@ -67,5 +71,7 @@ def test_rescoring_replaces_the_previous_score(tmp_path: Path) -> None:
     store.put("x", 1, _u(0.1), seconds=1.0)
     store.put("x", 2, _u(0.9), seconds=1.0)
     score = ScoreStore(tmp_path / "scores.sqlite").get("x")
-    assert score is not None and score.model_version == 2 and score.uncertainty.entropy == pytest.approx(0.9)
+    assert score is not None
+    assert score.model_version == 2
+    assert score.uncertainty.entropy == pytest.approx(0.9)
     assert [s.image_id for s in store.ranked(["x"], "entropy")] == ["x"]

@@ -16,7 +16,9 @@ from tests.helpers import tiny_datastore
 
 
 def _uncertainty(entropy: float, mi: float, variance: float) -> VolumeUncertainty:
-    return VolumeUncertainty(entropy=entropy, mutual_information=mi, variance=variance, foreground_fraction=0.1, samples=4)
+    return VolumeUncertainty(
+        entropy=entropy, mutual_information=mi, variance=variance, foreground_fraction=0.1, samples=4
+    )
 
 
 @pytest.fixture
@@ -57,7 +59,9 @@ def test_most_uncertain_rejects_unknown_metric(datastore: LocalDatastore, scores
         strategy({"metric": "dice"}, datastore)
 
 
-def test_most_uncertain_without_scores_falls_back_to_random_and_says_so(datastore: LocalDatastore, tmp_path: Path) -> None:
+def test_most_uncertain_without_scores_falls_back_to_random_and_says_so(
+    datastore: LocalDatastore, tmp_path: Path
+) -> None:
     strategy = MostUncertain(scores=ScoreStore(tmp_path / "empty.sqlite"), metric=UncertaintyMetric.ENTROPY)
     result = strategy({}, datastore)
     assert result["id"] in {"b", "c", "d"}
