@@ -43,10 +43,29 @@ class RunningServer:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def start_server(studies: Path, state_dir: Path, log: Path, *, conf: dict[str, str] | None = None) -> RunningServer:
-    """Run ``activelabel serve`` and wait until it answers ``/info/``."""
+def launch_command(launcher: str, studies: Path, port: int) -> list[str]:
+    """``activelabel serve`` or MONAI Label's own ``start_server`` with the ActiveLabel app."""
+    if launcher == "activelabel":
+        return [sys.executable, "-m", "activelabel.cli", "serve", "--studies", str(studies), "--port", str(port)]
+    if launcher == "monailabel":
+        app = REPO / "apps" / "radiology_al"
+        return [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies)]
+    raise ValueError(f"unknown launcher {launcher!r}")
+
+
+def start_server(
+    studies: Path,
+    state_dir: Path,
+    log: Path,
+    *,
+    conf: dict[str, str] | None = None,
+    launcher: str = "activelabel",
+) -> RunningServer:
+    """Start a server subprocess and wait until it answers ``/info/``."""
     port = free_port()
-    command = [sys.executable, "-m", "activelabel.cli", "serve", "--studies", str(studies), "--port", str(port)]
+    command = launch_command(launcher, studies, port)
+    if launcher == "monailabel":
+        command += ["--host", "127.0.0.1", "--port", str(port)]
     for key, value in {**FAST_CONF, "state_dir": str(state_dir), **(conf or {})}.items():
         command += ["--conf", key, value]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
