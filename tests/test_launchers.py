@@ -13,14 +13,14 @@ import pytest
 import requests
 
 from activelabel.data.phantoms import generate_datastore
-from tests.conftest import start_server, stop_server
+from tests.conftest import start_test_server
 from tests.helpers import REPO, write_nifti
 
 
 def test_monailabel_start_server_serves_the_app_with_upload_checks(tmp_path: Path) -> None:
     studies = tmp_path / "studies"
     generate_datastore(studies, modality="ct", count=2, seed=1, labeled=1)
-    server = start_server(studies, tmp_path / "state", tmp_path / "server.log", launcher="monailabel")
+    server = start_test_server(studies, tmp_path, launcher="monailabel")
     try:
         info = requests.get(f"{server.url}/info/", timeout=30).json()
         assert "segmentation" in info["models"]
@@ -37,7 +37,7 @@ def test_monailabel_start_server_serves_the_app_with_upload_checks(tmp_path: Pat
         # The extra endpoints are part of `activelabel serve` only.
         assert requests.get(f"{server.url}/activelabel/status", timeout=30).status_code == 404
     finally:
-        stop_server(server)
+        server.stop()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

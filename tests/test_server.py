@@ -17,7 +17,7 @@ import requests
 from monailabel.client import MONAILabelClient
 
 from activelabel.scores import ScoreStore
-from tests.conftest import RunningServer
+from activelabel.server_process import ServerProcess
 from tests.helpers import SHARED_DATASETS, write_nifti
 
 TASK_TIMEOUT = 300.0
@@ -25,17 +25,17 @@ LABELS = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4}
 
 
 @pytest.fixture(scope="module")
-def client(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> MONAILabelClient:
+def client(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> MONAILabelClient:
     return MONAILabelClient(server.url, tmpdir=str(tmp_path_factory.mktemp("client")), client_id="radiologist-1")
 
 
-def _status(server: RunningServer) -> dict[str, Any]:
+def _status(server: ServerProcess) -> dict[str, Any]:
     response = requests.get(f"{server.url}/activelabel/status", timeout=30)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-def _wait_for_task(server: RunningServer, kind: str) -> dict[str, Any]:
+def _wait_for_task(server: ServerProcess, kind: str) -> dict[str, Any]:
     """Poll MONAI Label's task status until the latest ``kind`` task has finished."""
     deadline = time.monotonic() + TASK_TIMEOUT
     while time.monotonic() < deadline:
@@ -60,7 +60,7 @@ def test_info_lists_model_trainer_scorer_and_strategies(client: MONAILabelClient
     assert info["activelabel"]["model"]["version"] == 0
 
 
-def test_status_reports_labeled_total_model_and_scores(server: RunningServer) -> None:
+def test_status_reports_labeled_total_model_and_scores(server: ServerProcess) -> None:
     status = _status(server)
     assert status["images"] == {"total": 6, "labeled": 2, "unlabeled": 4, "labeled_fraction": pytest.approx(2 / 6)}
     assert status["model"]["version"] == 0
@@ -74,7 +74,7 @@ def test_next_sample_returns_an_unlabeled_image(client: MONAILabelClient) -> Non
     assert Path(sample["path"]).name == f"{sample['id']}.nii.gz"
 
 
-def test_infer_returns_a_label_in_the_image_geometry(client: MONAILabelClient, server: RunningServer) -> None:
+def test_infer_returns_a_label_in_the_image_geometry(client: MONAILabelClient, server: ServerProcess) -> None:
     label_file, params = client.infer("segmentation", "ct_002", {})
     label, image = nib.load(label_file), nib.load(server.studies / "ct_002.nii.gz")
     assert label.shape == image.shape
@@ -84,7 +84,7 @@ def test_infer_returns_a_label_in_the_image_geometry(client: MONAILabelClient, s
     assert params["label_names"] == LABELS
 
 
-def test_saved_label_is_stored_and_counted(client: MONAILabelClient, server: RunningServer) -> None:
+def test_saved_label_is_stored_and_counted(client: MONAILabelClient, server: ServerProcess) -> None:
     truth = server.studies / "truth" / "ct_002.nii.gz"
     client.save_label("ct_002", str(truth), tag="final")
     stored = server.studies / "labels" / "final" / "ct_002.nii.gz"
@@ -93,7 +93,7 @@ def test_saved_label_is_stored_and_counted(client: MONAILabelClient, server: Run
 
 
 def test_resubmitted_label_keeps_the_previous_one(
-    client: MONAILabelClient, server: RunningServer, tmp_path: Path
+    client: MONAILabelClient, server: ServerProcess, tmp_path: Path
 ) -> None:
     image = nib.load(server.studies / "ct_002.nii.gz")
     edited = write_nifti(tmp_path / "edited.nii.gz", np.zeros(image.shape, np.uint8), affine=image.affine)
@@ -104,7 +104,7 @@ def test_resubmitted_label_keeps_the_previous_one(
     client.save_label("ct_002", str(server.studies / "truth" / "ct_002.nii.gz"), tag="final")
 
 
-def _bad_inputs(server: RunningServer, tmp_path: Path) -> list[tuple[str, str, Path, int, str]]:
+def _bad_inputs(server: ServerProcess, tmp_path: Path) -> list[tuple[str, str, Path, int, str]]:
     image = nib.load(server.studies / "ct_003.nii.gz")
     shape, affine = image.shape, image.affine
     shifted = affine.copy()
@@ -144,7 +144,7 @@ def _bad_inputs(server: RunningServer, tmp_path: Path) -> list[tuple[str, str, P
     ]
 
 
-def test_bad_labels_are_rejected_with_a_reason_and_store_nothing(server: RunningServer, tmp_path: Path) -> None:
+def test_bad_labels_are_rejected_with_a_reason_and_store_nothing(server: ServerProcess, tmp_path: Path) -> None:
     before_files = _label_files(server.studies)
     before_status = _status(server)
     for case, image_id, path, status, reason in _bad_inputs(server, tmp_path):
@@ -161,7 +161,7 @@ def test_bad_labels_are_rejected_with_a_reason_and_store_nothing(server: Running
     assert _status(server)["images"] == before_status["images"]
 
 
-def test_corrupt_image_upload_is_rejected(server: RunningServer, tmp_path: Path) -> None:
+def test_corrupt_image_upload_is_rejected(server: ServerProcess, tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.nii.gz"
     bogus.write_bytes(b"garbage")
     with bogus.open("rb") as handle:
@@ -172,7 +172,7 @@ def test_corrupt_image_upload_is_rejected(server: RunningServer, tmp_path: Path)
     assert _status(server)["images"]["total"] == 6
 
 
-def test_training_publishes_a_new_model_version(server: RunningServer, client: MONAILabelClient) -> None:
+def test_training_publishes_a_new_model_version(server: ServerProcess, client: MONAILabelClient) -> None:
     response = requests.post(f"{server.url}/train/segmentation", json={"max_epochs": 1}, timeout=60)
     assert response.status_code == 200, response.text
     assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200  # the server is not blocked
@@ -188,7 +188,7 @@ def test_training_publishes_a_new_model_version(server: RunningServer, client: M
     assert params["model_version"] == 1
 
 
-def test_scoring_then_most_uncertain_serves_the_highest_score(server: RunningServer, client: MONAILabelClient) -> None:
+def test_scoring_then_most_uncertain_serves_the_highest_score(server: ServerProcess, client: MONAILabelClient) -> None:
     response = requests.post(f"{server.url}/scoring/epistemic", json={}, timeout=60)
     assert response.status_code == 200, response.text
     task = _wait_for_task(server, "scoring")
@@ -204,7 +204,7 @@ def test_scoring_then_most_uncertain_serves_the_highest_score(server: RunningSer
         assert sample["model_version"] == 1
 
 
-def test_only_stale_images_are_rescored(server: RunningServer) -> None:
+def test_only_stale_images_are_rescored(server: ServerProcess) -> None:
     scores = ScoreStore(server.state_dir / "scores.sqlite")
     before = {image_id: s.scored_at for image_id, s in scores.all().items()}
     requests.post(f"{server.url}/scoring/epistemic", json={}, timeout=60).raise_for_status()
@@ -213,7 +213,7 @@ def test_only_stale_images_are_rescored(server: RunningServer) -> None:
     assert {image_id: s.scored_at for image_id, s in scores.all().items()} == before
 
 
-def test_real_ct_upload_and_infer_keep_its_geometry(client: MONAILabelClient, server: RunningServer) -> None:
+def test_real_ct_upload_and_infer_keep_its_geometry(client: MONAILabelClient, server: ServerProcess) -> None:
     source = SHARED_DATASETS / "totalseg-ct" / "images" / "abdomen_ct.nii.gz"
     client.upload_image(str(source), image_id="abdomen_ct")
     label_file, _ = client.infer("segmentation", "abdomen_ct", {})
