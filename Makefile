@@ -41,7 +41,7 @@ test: install
 	$(PY) -m pytest
 
 bench: install
-	$(PY) -m pytest -m bench -p no:cacheprovider bench
+	$(PY) bench/foundation.py
 
 lint: install
 	$(VENV)/bin/ruff check .

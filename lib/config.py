@@ -109,7 +109,7 @@ KEYS: dict[str, Key] = {
     "learning_rate": Key("0.001", float, "Adam learning rate"),
     "val_split": Key("0.2", _fraction, "fraction of labeled volumes held out for validation"),
     "samples_per_volume": Key("2", _positive_int, "random patches drawn per volume per epoch"),
-    "seed": Key("0", int, "seed of the initial weights, splits and random strategy"),
+    "seed": Key("0", int, "seed of the initial weights, the validation split and training"),
     "device": Key("auto", str, "auto, cpu or cuda[:N]"),
     "model_dir": Key(None, str, "checkpoint directory (default: <state_dir>/model)"),
     "state_dir": Key(None, str, "scores and model state (default: <studies>/.activelabel, or <app>/state for PACS)"),

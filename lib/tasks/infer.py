@@ -45,6 +45,7 @@ class SegmentationInfer(BasicInferTask):
             dimension=3,
             description="3D multi-label segmentation (UNet with dropout, sliding window)",
             roi_size=settings.preset.roi_size,
+            preload=settings.preload,
             config={"device": settings.device, "result_extension": ".nii.gz"},
         )
 
