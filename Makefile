@@ -2,7 +2,8 @@
 #   make install   create .venv and install everything (quick when up to date)
 #   make serve     install, generate the sample datastore if absent, start the server
 #   make test      install and run the whole test suite
-#   make bench     install and run the benchmarks (prints figures, writes bench/results/*.json)
+#   make bench     install and run the foundation benchmark (prints figures, writes bench/results/*.json)
+#   make bench-al  install and run the active-learning comparison on the hippocampus MRI
 #   make lint      ruff check + ruff format --check
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ STUDIES ?= sample-data/studies
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test bench lint format sample-data clean
+.PHONY: install serve test bench bench-al lint format sample-data clean
 
 install: $(STAMP)
 
@@ -42,6 +43,10 @@ test: install
 
 bench: install
 	$(PY) bench/foundation.py
+
+# Label efficiency on the MSD hippocampus MRI: every strategy, 3 seeds (hours on 2 CPU cores).
+bench-al: install
+	$(PY) bench/al_hippocampus.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -19,12 +19,14 @@ setup(
         "activelabel",
         "activelabel.tasks",
         "activelabel.data",
+        "activelabel.simulation",
         "activelabel.strategies",
     ],
     package_dir={
         "activelabel": "lib",
         "activelabel.tasks": "lib/tasks",
         "activelabel.data": "lib/data",
+        "activelabel.simulation": "lib/simulation",
         "activelabel.strategies": "strategies",
     },
     install_requires=[

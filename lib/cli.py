@@ -14,6 +14,7 @@ from pathlib import Path
 
 from activelabel.config import ConfigError, load_settings
 from activelabel.data import commands as data_commands
+from activelabel.simulation import commands as simulation_commands
 
 DEFAULT_APP = Path(__file__).resolve().parent.parent / "apps" / "radiology_al"
 
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     data_commands.register(sub)
+    simulation_commands.register(sub)
     return parser
 
 

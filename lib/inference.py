@@ -11,7 +11,7 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from activelabel.checkpoints import ModelInfo, ModelStore
-from activelabel.networks import NetworkSpec, build_network, mc_dropout
+from activelabel.networks import NetworkSpec, bottleneck, build_network, mc_dropout
 from activelabel.uncertainty import SampleAccumulator, VolumeUncertainty
 
 
@@ -43,6 +43,49 @@ def predict_probabilities(network: nn.Module, image: torch.Tensor, inferer: Slid
     return torch.softmax(torch.as_tensor(logits), dim=1)[0].cpu()
 
 
+class BottleneckFeatures:
+    """Collects the global-average-pooled bottleneck features of every forward pass.
+
+    Used as a context manager around passes of a network; :meth:`mean` is the volume's
+    embedding (averaged over sliding windows and MC samples), a compact description of what
+    the model sees that diversity-aware strategies compare between volumes.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        self._module = bottleneck(network)
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def _hook(self, _module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        pooled = output.detach().float().flatten(start_dim=2).mean(dim=2).sum(dim=0).cpu()
+        self._sum = pooled if self._sum is None else self._sum + pooled
+        self._count += output.shape[0]
+
+    def __enter__(self) -> BottleneckFeatures:
+        self._handle = self._module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+
+    def mean(self) -> torch.Tensor:
+        if self._sum is None:
+            raise ValueError("no forward pass was recorded")
+        return self._sum / self._count
+
+
+@torch.no_grad()
+def embed_volume(network: nn.Module, image: torch.Tensor, inferer: SlidingWindowInferer) -> torch.Tensor:
+    """Bottleneck embedding of one volume from a deterministic pass."""
+    network.eval()
+    device = next(network.parameters()).device
+    with BottleneckFeatures(network) as features:
+        inferer(_batch(image, device), network)
+    return features.mean()
+
+
 @torch.no_grad()
 def mc_dropout_uncertainty(
     network: nn.Module,
@@ -51,19 +94,20 @@ def mc_dropout_uncertainty(
     *,
     samples: int,
     dilation: int = 3,
-) -> VolumeUncertainty:
-    """Epistemic uncertainty of one volume from ``samples`` MC-dropout passes.
+) -> tuple[VolumeUncertainty, torch.Tensor]:
+    """Epistemic uncertainty and bottleneck embedding of one volume from MC-dropout passes.
 
     Only dropout layers sample; normalization layers stay in eval mode.  Samples are folded
-    into running statistics, so memory does not grow with ``samples``.
+    into running statistics, so memory does not grow with ``samples``.  The embedding is
+    the bottleneck features averaged over all passes.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     device = next(network.parameters()).device
     batch = _batch(image, device)
     accumulator = SampleAccumulator()
-    with mc_dropout(network):
+    with mc_dropout(network), BottleneckFeatures(network) as features:
         for _ in range(samples):
             logits = inferer(batch, network)
             accumulator.add(torch.softmax(torch.as_tensor(logits), dim=1)[0].cpu())
-    return accumulator.result(dilation=dilation)
+    return accumulator.result(dilation=dilation), features.mean()

@@ -86,6 +86,18 @@ def build_network(spec: NetworkSpec) -> nn.Module:
     )
 
 
+def bottleneck(network: nn.Module) -> nn.Module:
+    """The deepest block of a MONAI UNet (lowest resolution, most channels).
+
+    MONAI nests each level in a ``SkipConnection``'s ``submodule``, so the bottleneck is the
+    module whose name holds the most ``submodule`` parts.
+    """
+    named = [(name, module) for name, module in network.named_modules() if name.endswith("submodule")]
+    if not named:
+        raise ValueError("the network has no nested UNet levels")
+    return max(named, key=lambda item: item[0].count("submodule"))[1]
+
+
 def dropout_layers(network: nn.Module) -> list[nn.Module]:
     """Every dropout module of ``network``."""
     return [module for module in network.modules() if isinstance(module, _DROPOUT_TYPES)]

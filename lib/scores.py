@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from activelabel.uncertainty import UncertaintyMetric, VolumeUncertainty
 
 _SCHEMA = """
@@ -27,6 +29,11 @@ CREATE TABLE IF NOT EXISTS scores (
     samples INTEGER NOT NULL,
     seconds REAL NOT NULL,
     scored_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+    image_id TEXT PRIMARY KEY,
+    model_version INTEGER NOT NULL,
+    vector BLOB NOT NULL
 );
 """
 
@@ -101,6 +108,20 @@ class ScoreStore:
                     time.time(),
                 ),
             )
+
+    def put_embedding(self, image_id: str, model_version: int, vector: np.ndarray) -> None:
+        """Store (or replace) the bottleneck embedding of one image."""
+        blob = np.asarray(vector, dtype=np.float32).tobytes()
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", (image_id, model_version, blob))
+
+    def embeddings(self, model_version: int) -> dict[str, np.ndarray]:
+        """Embeddings computed by ``model_version`` (others live in another feature space)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT image_id, vector FROM embeddings WHERE model_version = ?", (model_version,)
+            ).fetchall()
+        return {image_id: np.frombuffer(blob, dtype=np.float32) for image_id, blob in rows}
 
     def get(self, image_id: str) -> ImageScore | None:
         with self._connect() as db:

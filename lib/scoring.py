@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from activelabel.inference import mc_dropout_uncertainty, sliding_window
+from activelabel.inference import embed_volume, mc_dropout_uncertainty, sliding_window
 from activelabel.scores import ScoreStore
 from activelabel.transforms import Preset, inference_transforms
 
@@ -71,11 +71,12 @@ def score_pool(
         began = time.perf_counter()
         image = load({"image": images[image_id]})["image"]
         with torch.inference_mode():
-            uncertainty = mc_dropout_uncertainty(
+            uncertainty, embedding = mc_dropout_uncertainty(
                 network, image, inferer, samples=options.samples, dilation=options.dilation
             )
         seconds = time.perf_counter() - began
         store.put(image_id, model_version, uncertainty, seconds=seconds)
+        store.put_embedding(image_id, model_version, embedding.numpy())
         logger.info("scored %s (%d/%d) in %.2fs: %s", image_id, done, len(todo), seconds, uncertainty.to_dict())
         if progress is not None:
             progress(done, len(todo), image_id)
@@ -87,3 +88,29 @@ def score_pool(
         seconds=total,
         seconds_per_volume=total / len(todo) if todo else None,
     )
+
+
+def embed_pool(
+    images: Mapping[str, str],
+    *,
+    network: nn.Module,
+    model_version: int,
+    preset: Preset,
+    store: ScoreStore,
+    overlap: float = 0.25,
+) -> int:
+    """Store embeddings for ``images`` (e.g. the labeled ones) that lack one from this model.
+
+    Diversity-aware strategies compare candidates with what is already labeled, so labeled
+    volumes need embeddings in the current model's feature space too.  Returns how many
+    were computed.
+    """
+    have = store.embeddings(model_version)
+    todo = [image_id for image_id in images if image_id not in have]
+    load = inference_transforms(preset)
+    inferer = sliding_window(preset.roi_size, overlap=overlap)
+    for image_id in todo:
+        image = load({"image": images[image_id]})["image"]
+        with torch.inference_mode():
+            store.put_embedding(image_id, model_version, embed_volume(network, image, inferer).numpy())
+    return len(todo)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from monailabel.datastore.local import LocalDatastore
 
 from activelabel.scores import ScoreStore
+from activelabel.strategies.diverse import DiverseUncertain, cosine_distances, diversity_priority
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample, pick_random
 from activelabel.uncertainty import UncertaintyMetric, VolumeUncertainty
@@ -86,3 +89,30 @@ def test_random_with_seed_is_reproducible(datastore: LocalDatastore) -> None:
     strategy = RandomSample()
     assert strategy({"seed": 3}, datastore)["id"] == strategy({"seed": 3}, datastore)["id"]
     assert pick_random(["x", "y", "z"], rng=random.Random(1)) == pick_random(["z", "y", "x"], rng=random.Random(1))
+
+
+def test_diversity_prefers_uncertain_volumes_unlike_the_labeled_ones() -> None:
+    labeled = [np.array([1.0, 0.0])]
+    embeddings = {"near": np.array([0.99, 0.05]), "far": np.array([0.0, 1.0])}
+    priority = diversity_priority({"near": 1.0, "far": 0.8}, embeddings, labeled)
+    assert priority["far"] > priority["near"]
+    assert diversity_priority({"near": 1.0, "far": 0.8}, embeddings, [])["near"] == pytest.approx(1.0)
+
+
+def test_cosine_distance_to_nearest_reference() -> None:
+    distances = cosine_distances(np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[2.0, 0.0]]))
+    assert distances.tolist() == pytest.approx([0.0, 1.0])
+
+
+def test_diverse_strategy_spreads_a_batch(datastore: LocalDatastore, scores: ScoreStore, tmp_path: Path) -> None:
+    # b and c are near-duplicates, d is different; all equally uncertain.
+    for image_id, vector in {"a": [1.0, 0.0], "b": [0.0, 1.0], "c": [0.05, 1.0], "d": [0.7, -0.7]}.items():
+        scores.put(image_id, 1, _uncertainty(0.5, 0.5, 0.5), seconds=0.1)
+        scores.put_embedding(image_id, 1, np.array(vector))
+    strategy = DiverseUncertain(scores=scores, metric=UncertaintyMetric.MUTUAL_INFORMATION)
+    first = strategy({}, datastore)["id"]
+    labels = Path(datastore.get_image_uri("a")).parent / "labels" / "final"
+    shutil.copy(labels / "a.nii.gz", labels / f"{first}.nii.gz")
+    datastore.refresh()
+    second = strategy({}, datastore)["id"]
+    assert {first, second} in ({"b", "d"}, {"c", "d"})

@@ -22,6 +22,7 @@ import activelabel
 from activelabel.checkpoints import ModelStore
 from activelabel.config import load_settings
 from activelabel.scores import ScoreStore
+from activelabel.strategies.diverse import DiverseUncertain
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
 from activelabel.tasks.datastore import ValidatingDatastore
@@ -83,6 +84,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
     def init_strategies(self) -> dict[str, Strategy]:
         return {
             "most_uncertain": MostUncertain(scores=self.score_store, metric=self.settings.uncertainty_metric),
+            "diverse": DiverseUncertain(scores=self.score_store, metric=self.settings.uncertainty_metric),
             "random": RandomSample(),
         }
 

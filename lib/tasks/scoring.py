@@ -11,11 +11,14 @@ from activelabel.checkpoints import ModelStore
 from activelabel.config import Settings
 from activelabel.inference import load_model
 from activelabel.scores import ScoreStore
-from activelabel.scoring import ScoringOptions, score_pool
+from activelabel.scoring import ScoringOptions, embed_pool, score_pool
 
 
 class EpistemicScoring(ScoringMethod):
     """Scores unlabeled volumes whose stored score is not from the current model.
+
+    Labeled volumes get a bottleneck embedding (one deterministic pass) so that the
+    diversity-aware strategy can compare candidates with them.
 
     Request keys (all optional): ``mc_samples`` (passes per volume), ``force`` (rescore
     fresh images too).
@@ -64,4 +67,13 @@ class EpistemicScoring(ScoringMethod):
                 force=force,
             ),
         )
-        return report.to_dict()
+        labeled = {image_id: datastore.get_image_uri(image_id) for image_id in datastore.get_labeled_images()}
+        embedded = embed_pool(
+            labeled,
+            network=network,
+            model_version=info.version,
+            preset=self.settings.preset,
+            store=self.score_store,
+            overlap=self.settings.sw_overlap,
+        )
+        return {**report.to_dict(), "labeled_embedded": embedded}

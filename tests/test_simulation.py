@@ -1,0 +1,128 @@
+"""The oracle loop's mechanics on a tiny profile (a dozen phantoms, two rounds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from activelabel.cli import main
+from activelabel.config import load_settings
+from activelabel.data.phantoms import generate_datastore
+from activelabel.simulation.loop import Simulation, SimulationConfig, preprocess, split_cases
+
+TINY_CONF = {"roi_size": "48,48,48", "channels": "8,16,32", "modality": "mr"}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("sim") / "studies"
+    generate_datastore(root, modality="mr", count=12, seed=3)
+    images = {p.name.removesuffix(".nii.gz"): p for p in sorted(root.glob("*.nii.gz"))}
+    truths = {case: root / "truth" / f"{case}.nii.gz" for case in images}
+    settings = load_settings(TINY_CONF, studies=str(root), app_dir=str(root), env={})
+    volumes = preprocess(images, truths, preset=settings.preset, labels=settings.labels)
+    return {"root": root, "images": images, "truths": truths, "settings": settings, "volumes": volumes}
+
+
+def _simulate(dataset: dict[str, Any], tmp_path: Path, strategy: str) -> dict[str, Any]:
+    settings = dataset["settings"]
+    config = SimulationConfig(
+        strategy=strategy, initial=2, per_round=2, rounds=2, epochs_per_round=1, mc_samples=2, test_fraction=0.25
+    )
+    simulation = Simulation(
+        dataset["images"],
+        dataset["truths"],
+        labels=settings.labels,
+        preset=settings.preset,
+        spec=settings.network,
+        config=config,
+        work_dir=tmp_path,
+        volumes=dataset["volumes"],
+    )
+    return simulation.run(progress=False)
+
+
+@pytest.mark.parametrize("strategy", ["random", "mutual_information", "diverse"])
+def test_rounds_record_curves_and_never_select_test_or_twice(
+    dataset: dict[str, Any], tmp_path: Path, strategy: str
+) -> None:
+    results = _simulate(dataset, tmp_path, strategy)
+    rounds = results["rounds"]
+    assert [r["labeled"] for r in rounds] == [2, 4, 6]
+    assert [r["labeled_fraction"] for r in rounds] == pytest.approx([2 / 9, 4 / 9, 6 / 9])
+    picked = [case for r in rounds for case in r["picked"]]
+    assert len(picked) == len(set(picked)) == 4
+    assert not set(picked) & set(results["test"])
+    for record in rounds:
+        assert set(record["test_dice"]) == {"anterior", "posterior"}
+        assert 0.0 <= record["test_mean_dice"] <= 1.0
+        assert record["training_seconds"] > 0
+        assert {"stop", "reason", "estimated_labels_needed"} <= set(record["stop"])
+    assert rounds[1]["picked_agreement"] is not None
+    if strategy != "random":
+        assert rounds[0]["scoring_seconds"] > 0
+        assert rounds[0]["pool_uncertainty"] is not None
+
+
+def test_results_schema_feeds_the_cost_model(dataset: dict[str, Any], tmp_path: Path) -> None:
+    results = _simulate(dataset, tmp_path, "entropy")
+    json.dumps(results)  # JSON-ready
+    assert set(results) == {"config", "pool", "test", "labels", "rounds", "audit", "summary"}
+    assert results["pool"] == 9
+    assert len(results["test"]) == 3
+    assert 0.0 < results["summary"]["fraction_labeled"] <= 1.0
+    audit = results["audit"]
+    assert audit["auto_labeled"] + results["rounds"][-1]["labeled"] == results["pool"]
+    assert audit["automation"] == pytest.approx(audit["auto_labeled"] / results["pool"])
+    assert audit["accepted"] <= audit["audited"] <= audit["auto_labeled"]
+
+
+def test_full_data_reference_labels_the_whole_pool(dataset: dict[str, Any], tmp_path: Path) -> None:
+    results = _simulate(dataset, tmp_path, "all")
+    assert len(results["rounds"]) == 1
+    assert results["rounds"][0]["labeled"] == results["pool"] == 9
+    assert results["audit"] is None
+
+
+def test_test_split_is_deterministic_and_disjoint() -> None:
+    ids = [f"case_{i:02d}" for i in range(20)]
+    pool, test = split_cases(ids, test_fraction=0.2, seed=1)
+    assert (pool, test) == split_cases(list(reversed(ids)), test_fraction=0.2, seed=1)
+    assert len(test) == 4
+    assert not set(pool) & set(test)
+    assert sorted(pool + test) == ids
+
+
+def test_simulate_command_writes_results(dataset: dict[str, Any], tmp_path: Path) -> None:
+    root = dataset["root"]
+    out = tmp_path / "results.json"
+    args = ["simulate", "--images", str(root), "--labels", str(root / "truth"), "--strategy", "random"]
+    args += ["--initial", "2", "--per-round", "2", "--rounds", "1", "--epochs-per-round", "1", "--quiet"]
+    for key, value in TINY_CONF.items():
+        args += ["--conf", key, value]
+    assert main([*args, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["strategy"] == "random"
+
+
+def test_simulate_command_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "images").mkdir()
+    code = main(
+        [
+            "simulate",
+            "--images",
+            str(tmp_path / "images"),
+            "--labels",
+            str(tmp_path / "nowhere"),
+            "--strategy",
+            "random",
+            "--out",
+            str(tmp_path / "x.json"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("error: folder not found")
