@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--epochs-per-round", type=int, default=5)
+    parser.add_argument("--steps-per-epoch", type=int, default=25)
     parser.add_argument("--mc-samples", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS / "al-hippocampus.json")
     args = parser.parse_args()
@@ -121,6 +122,7 @@ def main() -> None:
         "per_round": args.per_round,
         "rounds": args.rounds,
         "epochs_per_round": args.epochs_per_round,
+        "steps_per_epoch": args.steps_per_epoch,
         "mc_samples": args.mc_samples,
     }
     runs: dict[str, list[dict[str, Any]]] = {}

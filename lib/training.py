@@ -33,13 +33,19 @@ Item = Mapping[str, Any]
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """Hyper-parameters of one training run."""
+    """Hyper-parameters of one training run.
+
+    ``steps_per_epoch`` fixes the optimizer steps per epoch (volumes are cycled in shuffled
+    order); ``None`` means one step per training volume.  A fixed number gives runs with
+    different numbers of labeled volumes the same training budget.
+    """
 
     max_epochs: int
     learning_rate: float = 1e-3
     samples_per_volume: int = 2
     seed: int = 0
     overlap: float = 0.25
+    steps_per_epoch: int | None = None
 
 
 @dataclass
@@ -101,6 +107,16 @@ def validate(
     return {name: float(np.mean(scores)) for name, scores in per_label.items() if scores}
 
 
+def epoch_order(count: int, steps: int | None, rng: random.Random) -> list[int]:
+    """Volume indices for one epoch: each volume once, or ``steps`` indices cycling through shuffles."""
+    order: list[int] = []
+    while len(order) < (steps or count):
+        block = list(range(count))
+        rng.shuffle(block)
+        order.extend(block)
+    return order[: steps or count]
+
+
 def train_network(
     network: nn.Module,
     train_volumes: Sequence[Item],
@@ -137,13 +153,11 @@ def train_network(
     best_state = copy.deepcopy(network.state_dict())
     best_score, best_epoch, best_dice = -1.0, None, {}
     history: list[dict[str, Any]] = []
-    order = list(range(len(train_volumes)))
     for epoch in range(1, options.max_epochs + 1):
         began = time.perf_counter()
         network.train()
-        rng.shuffle(order)
         losses = []
-        for index in order:
+        for index in epoch_order(len(train_volumes), options.steps_per_epoch, rng):
             patches = augment(dict(train_volumes[index]))
             patches = patches if isinstance(patches, list) else [patches]
             images = torch.stack([torch.as_tensor(p["image"]) for p in patches]).to(device)

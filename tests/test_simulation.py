@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from activelabel.cli import main
 from activelabel.config import load_settings
 from activelabel.data.phantoms import generate_datastore
 from activelabel.simulation.loop import Simulation, SimulationConfig, preprocess, split_cases
+from activelabel.training import epoch_order
 
 TINY_CONF = {"roi_size": "48,48,48", "channels": "8,16,32", "modality": "mr"}
 
@@ -30,7 +32,14 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _simulate(dataset: dict[str, Any], tmp_path: Path, strategy: str) -> dict[str, Any]:
     settings = dataset["settings"]
     config = SimulationConfig(
-        strategy=strategy, initial=2, per_round=2, rounds=2, epochs_per_round=1, mc_samples=2, test_fraction=0.25
+        strategy=strategy,
+        initial=2,
+        per_round=2,
+        rounds=2,
+        epochs_per_round=1,
+        steps_per_epoch=3,
+        mc_samples=2,
+        test_fraction=0.25,
     )
     simulation = Simulation(
         dataset["images"],
@@ -100,7 +109,19 @@ def test_simulate_command_writes_results(dataset: dict[str, Any], tmp_path: Path
     root = dataset["root"]
     out = tmp_path / "results.json"
     args = ["simulate", "--images", str(root), "--labels", str(root / "truth"), "--strategy", "random"]
-    args += ["--initial", "2", "--per-round", "2", "--rounds", "1", "--epochs-per-round", "1", "--quiet"]
+    args += [
+        "--initial",
+        "2",
+        "--per-round",
+        "2",
+        "--rounds",
+        "1",
+        "--epochs-per-round",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--quiet",
+    ]
     for key, value in TINY_CONF.items():
         args += ["--conf", key, value]
     assert main([*args, "--out", str(out)]) == 0
@@ -126,3 +147,11 @@ def test_simulate_command_reports_bad_input_in_one_line(tmp_path: Path, capsys: 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert err[0].startswith("error: folder not found")
+
+
+def test_fixed_steps_per_epoch_cycle_through_every_volume() -> None:
+    rng = random.Random(0)
+    order = epoch_order(3, 7, rng)
+    assert len(order) == 7
+    assert sorted(order[:3]) == sorted(order[3:6]) == [0, 1, 2]
+    assert sorted(epoch_order(4, None, rng)) == [0, 1, 2, 3]

@@ -60,6 +60,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             test_fraction=args.test_fraction,
             seed=args.seed,
             epochs_per_round=args.epochs_per_round,
+            steps_per_epoch=args.steps_per_epoch,
             mc_samples=args.mc_samples,
             audit_threshold=args.audit_threshold,
         )
@@ -112,6 +113,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out test fraction (default: 0.2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs-per-round", type=int, default=5)
+    parser.add_argument("--steps-per-epoch", type=int, default=20, help="optimizer steps per epoch (default: 20)")
     parser.add_argument("--mc-samples", type=int, default=4)
     parser.add_argument("--audit-threshold", type=float, default=0.8, help="accept an auto-label at this Dice")
     parser.add_argument("--cache", type=Path, default=None, help="file caching the pre-processed volumes")

@@ -49,13 +49,15 @@ class SimulationConfig:
     Attributes:
         strategy: ``random``, ``entropy``, ``mutual_information``, ``variance`` (most uncertain
             by that metric), ``diverse`` (uncertainty x novelty, mutual information) or ``all``
-            (full-data reference with the same total epochs).
+            (full-data reference with the same total training steps).
         initial: volumes labeled at random before the first round.
         per_round: volumes labeled per round.
         rounds: selection rounds after the initial training.
         test_fraction: fraction of all volumes held out for testing (never selected).
         seed: seed of the splits, initial weights, initial labels and training.
         epochs_per_round: training epochs after each labeling round (warm start).
+        steps_per_epoch: optimizer steps per epoch, whatever the number of labeled volumes, so
+            every round (and the full-data reference) gets the same training budget.
         mc_samples: MC-dropout passes per volume when scoring.
         audit_threshold: an auto-label is accepted when its Dice is at least this.
         audit_size: auto-labels audited (a random sample; all when larger than the rest).
@@ -68,6 +70,7 @@ class SimulationConfig:
     test_fraction: float = 0.2
     seed: int = 0
     epochs_per_round: int = 5
+    steps_per_epoch: int = 20
     mc_samples: int = 4
     learning_rate: float = 1e-3
     samples_per_volume: int = 2
@@ -79,7 +82,7 @@ class SimulationConfig:
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
-        for name in ("initial", "per_round", "epochs_per_round", "mc_samples"):
+        for name in ("initial", "per_round", "epochs_per_round", "steps_per_epoch", "mc_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rounds < 0:
@@ -207,6 +210,7 @@ class Simulation:
                 learning_rate=self.config.learning_rate,
                 samples_per_volume=self.config.samples_per_volume,
                 seed=self.config.seed * 1000 + round_index,
+                steps_per_epoch=self.config.steps_per_epoch,
             ),
         )
         return result.val_mean_dice, time.perf_counter() - began
