@@ -1,4 +1,4 @@
-"""The ``activelabel`` command line: ``serve`` and ``data``.
+"""The ``activelabel`` command line: ``serve``, ``data``, ``simulate``, ``autolabel``, ``cost``.
 
 Errors a user can fix (a missing folder, a bad setting) end the command with exit code 2
 and one line on stderr starting with ``error:``.
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from activelabel import autolabel
 from activelabel.config import ConfigError, load_settings
 from activelabel.data import commands as data_commands
 from activelabel.simulation import commands as simulation_commands
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_commands.register(sub)
     simulation_commands.register(sub)
+    autolabel.register(sub)
     return parser
 
 

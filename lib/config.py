@@ -114,6 +114,8 @@ KEYS: dict[str, Key] = {
     "model_dir": Key(None, str, "checkpoint directory (default: <state_dir>/model)"),
     "state_dir": Key(None, str, "scores and model state (default: <studies>/.activelabel, or <app>/state for PACS)"),
     "preload": Key("false", _bool, "load the network when the server starts"),
+    "stop_window": Key("5", _positive_int, "submissions per round when the stop rule judges a plateau"),
+    "stop_min_agreement": Key("0.8", _fraction, "agreement (Dice of pre-segmentation vs submission) needed to stop"),
 }
 
 
@@ -137,10 +139,16 @@ class Settings:
     state_dir: Path
     model_dir: Path
     preload: bool
+    stop_window: int
+    stop_min_agreement: float
 
     @property
     def scores_path(self) -> Path:
         return self.state_dir / "scores.sqlite"
+
+    @property
+    def submissions_path(self) -> Path:
+        return self.state_dir / "submissions.sqlite"
 
 
 def _raw(key: str, conf: Mapping[str, str], env: Mapping[str, str]) -> str | None:
@@ -246,4 +254,6 @@ def load_settings(
         state_dir=state_dir,
         model_dir=model_dir,
         preload=values["preload"],
+        stop_window=values["stop_window"],
+        stop_min_agreement=values["stop_min_agreement"],
     )

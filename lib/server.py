@@ -9,6 +9,7 @@ from monailabel.app import app
 from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.async_tasks.utils import processes
 
+from activelabel.simulation.stop_rule import StopRule
 from activelabel.status import project_status
 
 router = APIRouter(prefix="/activelabel", tags=["ActiveLabel"])
@@ -16,7 +17,7 @@ router = APIRouter(prefix="/activelabel", tags=["ActiveLabel"])
 
 def _activelabel_app() -> Any:
     instance = app_instance()
-    if not hasattr(instance, "model_store") or not hasattr(instance, "score_store"):
+    if not all(hasattr(instance, name) for name in ("model_store", "score_store", "submissions", "settings")):
         raise HTTPException(status_code=501, detail="the served MONAI Label app is not an ActiveLabel app")
     return instance
 
@@ -28,6 +29,9 @@ def status() -> dict[str, Any]:
         datastore=instance.datastore(),
         model_store=instance.model_store,
         score_store=instance.score_store,
+        submissions=instance.submissions,
+        stop_rule=StopRule(min_agreement=instance.settings.stop_min_agreement),
+        stop_window=instance.settings.stop_window,
         training_running=bool(processes("train")),
     )
 

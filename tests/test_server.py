@@ -16,6 +16,7 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
+from activelabel.cli import main
 from activelabel.scores import ScoreStore
 from activelabel.server_process import ServerProcess
 from tests.helpers import SHARED_DATASETS, write_nifti
@@ -211,6 +212,34 @@ def test_only_stale_images_are_rescored(server: ServerProcess) -> None:
     task = _wait_for_task(server, "scoring")
     assert task["status"] == "DONE"
     assert {image_id: s.scored_at for image_id, s in scores.all().items()} == before
+
+
+def test_submission_reports_agreement_with_the_pre_segmentation(
+    client: MONAILabelClient, server: ServerProcess
+) -> None:
+    _, params = client.infer("segmentation", "ct_003", {"save_label": True})
+    assert (server.studies / "labels" / "original" / "ct_003.nii.gz").is_file()
+    truth = server.studies / "truth" / "ct_003.nii.gz"
+    answer = client.save_label("ct_003", str(truth), tag="final", params={"seconds_spent": 42.5})
+    submission = answer["submission"]
+    assert 0.0 <= submission["agreement"] <= 1.0
+    assert submission["model_version"] == params["model_version"] == 1
+    assert submission["author"] == "radiologist-1"
+    assert submission["seconds_spent"] == pytest.approx(42.5)
+    status = _status(server)
+    assert status["submissions"]["with_agreement"] == 1
+    assert status["submissions"]["recent_agreement"] == pytest.approx(submission["agreement"])
+    assert status["stop"]["stop_recommended"] is False
+    assert "rounds of submissions" in status["stop"]["reason"]
+
+
+def test_autolabel_labels_every_unlabeled_volume_as_automatic(server: ServerProcess) -> None:
+    assert main(["autolabel", "--server", server.url, "--timeout", "300"]) == 0
+    for image_id in ("ct_004", "ct_005"):
+        assert (server.studies / "labels" / "auto" / f"{image_id}.nii.gz").is_file()
+    status = _status(server)
+    assert status["automation"] == {"auto_labeled": 2, "automation": pytest.approx(2 / 6)}
+    assert status["images"]["labeled"] == 4  # automatic labels are not human labels
 
 
 def test_real_ct_upload_and_infer_keep_its_geometry(client: MONAILabelClient, server: ServerProcess) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from monailabel.config import settings as monailabel_settings
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -25,6 +26,7 @@ from activelabel.scores import ScoreStore
 from activelabel.strategies.diverse import DiverseUncertain
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
+from activelabel.submissions import SubmissionLog, label_agreement
 from activelabel.tasks.datastore import ValidatingDatastore
 from activelabel.tasks.infer import SegmentationInfer
 from activelabel.tasks.scoring import EpistemicScoring
@@ -43,6 +45,8 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         self.model_store = ModelStore(self.settings.model_dir, name=MODEL)
         self.model_store.ensure_initial(self.settings.network, self.settings.labels.to_dict(), seed=self.settings.seed)
         self.score_store = ScoreStore(self.settings.scores_path)
+        self.submissions = SubmissionLog(self.settings.submissions_path)
+        self._last_submission: dict[str, dict[str, Any]] = {}
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -63,10 +67,38 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             self.studies,
             labels=self.settings.labels,
             history_dir=self.settings.state_dir / "label-history",
+            on_saved=self._record_submission,
             extensions=monailabel_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=monailabel_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=monailabel_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+
+    def _record_submission(self, image_id: str, tag: str, path: Path, info: dict[str, Any]) -> None:
+        """Log a final label with its agreement to the stored pre-segmentation (if any)."""
+        if tag != DefaultLabelTag.FINAL.value:
+            return
+        original = self._datastore.get_label_uri(image_id, DefaultLabelTag.ORIGINAL.value)
+        agreement, version = None, None
+        if original and os.path.isfile(original):
+            agreement = label_agreement(original, path, self.settings.labels)
+            params = self._datastore.get_label_info(image_id, DefaultLabelTag.ORIGINAL.value).get("params") or {}
+            version = params.get("model_version")
+        model = self.model_store.info()
+        seconds = info.get("seconds_spent")
+        entry = self.submissions.add(
+            image_id,
+            agreement=agreement,
+            model_version=version,
+            val_mean_dice=model.val_mean_dice if model else None,
+            author=info.get("client_id") or info.get("user"),
+            seconds_spent=float(seconds) if seconds is not None else None,
+        )
+        self._last_submission[image_id] = entry.to_dict()
+
+    def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
+        """The response to a label upload carries its agreement with the pre-segmentation."""
+        entry = self._last_submission.pop(image_id, None)
+        return {"submission": entry} if entry else {}
 
     def init_infers(self) -> dict[str, InferTask]:
         return {MODEL: SegmentationInfer(settings=self.settings, store=self.model_store)}

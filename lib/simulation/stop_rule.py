@@ -93,3 +93,27 @@ def _labels_until_plateau(gains: Sequence[float], *, min_gain: float, per_round:
     ratio = min(max(ratio, 0.05), 0.95)
     rounds = math.ceil(math.log(min_gain / last) / math.log(ratio))
     return max(1, rounds) * per_round
+
+
+def signals_from_submissions(
+    submissions: Sequence[tuple[float | None, float | None]], *, window: int
+) -> list[RoundSignals]:
+    """Group ``(agreement, val_dice)`` of consecutive submissions into rounds of ``window``.
+
+    Submissions without an agreement (no pre-segmentation was stored) are left out; an
+    incomplete last window is not a round yet.
+    """
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    scored = [(a, v) for a, v in submissions if a is not None]
+    rounds = []
+    for end in range(window, len(scored) + 1, window):
+        chunk = scored[end - window : end]
+        rounds.append(
+            RoundSignals(
+                labeled=end,
+                agreement=float(sum(a for a, _ in chunk) / window),  # type: ignore[misc]
+                val_dice=chunk[-1][1],
+            )
+        )
+    return rounds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,30 @@ class ValidatingDatastore(LocalDatastore):
         datastore_path: the studies folder.
         labels: the app's labels; label uploads may hold only these values and 0.
         history_dir: where replaced labels are kept, as ``<tag>/<image id>/<time><ext>``.
+        on_saved: called after a label is stored, with image id, tag, stored path and label info.
         **kwargs: passed to :class:`LocalDatastore`.
     """
 
-    def __init__(self, datastore_path: str, *, labels: LabelMap, history_dir: str | Path, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        datastore_path: str,
+        *,
+        labels: LabelMap,
+        history_dir: str | Path,
+        on_saved: Callable[[str, str, Path, dict[str, Any]], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._labels = labels
         self._history_dir = Path(history_dir)
+        self._on_saved = on_saved
         super().__init__(datastore_path, **kwargs)
+
+    def sync(self) -> None:
+        """Re-read the datastore file if another process (a task subprocess) changed it.
+
+        Cheap when nothing changed (one stat); the file watcher does the same, but later.
+        """
+        self._init_from_datastore_file()
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         try:
@@ -78,4 +96,6 @@ class ValidatingDatastore(LocalDatastore):
             info["name"] = name
             obj.labels[label_tag] = DataModel(info=info, ext=label_ext)
             self._update_datastore_file(lock=False)
+        if self._on_saved is not None:
+            self._on_saved(image_id, label_tag, dest, info)
         return image_id
