@@ -16,6 +16,7 @@ from activelabel import autolabel
 from activelabel.config import ConfigError, load_settings
 from activelabel.data import commands as data_commands
 from activelabel.simulation import commands as simulation_commands
+from activelabel.simulation import cost_command
 
 DEFAULT_APP = Path(__file__).resolve().parent.parent / "apps" / "radiology_al"
 
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands.register(sub)
     simulation_commands.register(sub)
     autolabel.register(sub)
+    cost_command.register(sub)
     return parser
 
 
