@@ -7,15 +7,14 @@ concurrent writes and indexed "highest score" queries without rewriting a whole 
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from activelabel.sqlite_file import SqliteFile
 from activelabel.uncertainty import UncertaintyMetric, VolumeUncertainty
 
 _SCHEMA = """
@@ -75,25 +74,13 @@ class ScoreStore:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            with db:
-                yield db
-        finally:
-            db.close()
+        self.database = SqliteFile(path, schema=_SCHEMA)
+        self.path = self.database.path
 
     def put(self, image_id: str, model_version: int, uncertainty: VolumeUncertainty, *, seconds: float) -> None:
         """Store (or replace) the score of one image."""
         u = uncertainty
-        with self._connect() as db:
+        with self.database.transaction() as db:
             db.execute(
                 "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -112,24 +99,24 @@ class ScoreStore:
     def put_embedding(self, image_id: str, model_version: int, vector: np.ndarray) -> None:
         """Store (or replace) the bottleneck embedding of one image."""
         blob = np.asarray(vector, dtype=np.float32).tobytes()
-        with self._connect() as db:
+        with self.database.transaction() as db:
             db.execute("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", (image_id, model_version, blob))
 
     def embeddings(self, model_version: int) -> dict[str, np.ndarray]:
         """Embeddings computed by ``model_version`` (others live in another feature space)."""
-        with self._connect() as db:
+        with self.database.transaction() as db:
             rows = db.execute(
                 "SELECT image_id, vector FROM embeddings WHERE model_version = ?", (model_version,)
             ).fetchall()
         return {image_id: np.frombuffer(blob, dtype=np.float32) for image_id, blob in rows}
 
     def get(self, image_id: str) -> ImageScore | None:
-        with self._connect() as db:
+        with self.database.transaction() as db:
             row = db.execute("SELECT * FROM scores WHERE image_id = ?", (image_id,)).fetchone()
         return _to_score(row) if row else None
 
     def all(self) -> dict[str, ImageScore]:
-        with self._connect() as db:
+        with self.database.transaction() as db:
             rows = db.execute("SELECT * FROM scores").fetchall()
         return {row[0]: _to_score(row) for row in rows}
 

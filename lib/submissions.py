@@ -6,10 +6,7 @@ how much the experts still correct; the stop rule reads it from here.
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import numpy as np
 
 from activelabel.labelmap import LabelMap
 from activelabel.metrics import agreement
+from activelabel.sqlite_file import SqliteFile
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS submissions (
@@ -53,19 +51,8 @@ class SubmissionLog:
     """Append-only SQLite log of submissions, oldest first."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+        self.database = SqliteFile(path, schema=_SCHEMA)
+        self.path = self.database.path
 
     def add(
         self,
@@ -78,7 +65,7 @@ class SubmissionLog:
         seconds_spent: float | None = None,
     ) -> Submission:
         entry = Submission(image_id, agreement, model_version, val_mean_dice, author, seconds_spent, time.time())
-        with self._connect() as db:
+        with self.database.transaction() as db:
             db.execute(
                 "INSERT INTO submissions (image_id, agreement, model_version, val_mean_dice, author, seconds_spent,"
                 " submitted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -87,7 +74,7 @@ class SubmissionLog:
         return entry
 
     def all(self) -> list[Submission]:
-        with self._connect() as db:
+        with self.database.transaction() as db:
             rows = db.execute(
                 "SELECT image_id, agreement, model_version, val_mean_dice, author, seconds_spent, submitted_at"
                 " FROM submissions ORDER BY id"
