@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import requests
 
+from activelabel.cli import main
 from activelabel.data.phantoms import generate_datastore
+from activelabel.server_process import free_port
 from tests.conftest import start_test_server
 from tests.helpers import REPO, write_nifti
 
@@ -65,3 +67,10 @@ def test_serve_reports_bad_input_in_one_line(tmp_path: Path, args: list[str], me
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     assert message in lines[0]
+
+
+def test_autolabel_without_a_server_reports_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["autolabel", "--server", f"http://127.0.0.1:{free_port()}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: cannot reach the server")
