@@ -114,6 +114,7 @@ KEYS: dict[str, Key] = {
     "model_dir": Key(None, str, "checkpoint directory (default: <state_dir>/model)"),
     "state_dir": Key(None, str, "scores and model state (default: <studies>/.activelabel, or <app>/state for PACS)"),
     "preload": Key("false", _bool, "load the network when the server starts"),
+    "lease_seconds": Key("1800", _positive_int, "how long a served volume stays reserved for its client"),
     "stop_window": Key("5", _positive_int, "submissions per round when the stop rule judges a plateau"),
     "stop_min_agreement": Key("0.8", _fraction, "agreement (Dice of pre-segmentation vs submission) needed to stop"),
 }
@@ -141,6 +142,7 @@ class Settings:
     preload: bool
     stop_window: int
     stop_min_agreement: float
+    lease_seconds: int
 
     @property
     def scores_path(self) -> Path:
@@ -149,6 +151,10 @@ class Settings:
     @property
     def submissions_path(self) -> Path:
         return self.state_dir / "submissions.sqlite"
+
+    @property
+    def leases_path(self) -> Path:
+        return self.state_dir / "leases.sqlite"
 
 
 def _raw(key: str, conf: Mapping[str, str], env: Mapping[str, str]) -> str | None:
@@ -256,4 +262,5 @@ def load_settings(
         preload=values["preload"],
         stop_window=values["stop_window"],
         stop_min_agreement=values["stop_min_agreement"],
+        lease_seconds=values["lease_seconds"],
     )

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/activelabel", tags=["ActiveLabel"])
 
 def _activelabel_app() -> Any:
     instance = app_instance()
-    if not all(hasattr(instance, name) for name in ("model_store", "score_store", "submissions", "settings")):
+    if not all(hasattr(instance, n) for n in ("model_store", "score_store", "submissions", "leases", "settings")):
         raise HTTPException(status_code=501, detail="the served MONAI Label app is not an ActiveLabel app")
     return instance
 
@@ -34,6 +34,17 @@ def status() -> dict[str, Any]:
         stop_window=instance.settings.stop_window,
         training_running=bool(processes("train")),
     )
+
+
+@router.post("/skip", summary="Give a served volume back to the pool (ends the caller's lease)")
+def skip(image: str, client_id: str = "anonymous") -> dict[str, Any]:
+    instance = _activelabel_app()
+    if image not in set(instance.datastore().list_images()):
+        raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
+    released = instance.leases.release(image, client_id=client_id)
+    if not released:
+        raise HTTPException(status_code=409, detail=f"{image!r} is not leased to {client_id!r}")
+    return {"image": image, "released": True}
 
 
 app.include_router(router)

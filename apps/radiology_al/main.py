@@ -14,6 +14,7 @@ from typing import Any
 from monailabel.config import settings as monailabel_settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -22,6 +23,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 import activelabel
 from activelabel.checkpoints import ModelStore
 from activelabel.config import load_settings
+from activelabel.leases import LeasedDatastoreView, LeaseStore
 from activelabel.scores import ScoreStore
 from activelabel.strategies.diverse import DiverseUncertain
 from activelabel.strategies.most_uncertain import MostUncertain
@@ -46,6 +48,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         self.model_store.ensure_initial(self.settings.network, self.settings.labels.to_dict(), seed=self.settings.seed)
         self.score_store = ScoreStore(self.settings.scores_path)
         self.submissions = SubmissionLog(self.settings.submissions_path)
+        self.leases = LeaseStore(self.settings.leases_path, seconds=self.settings.lease_seconds)
         self._last_submission: dict[str, dict[str, Any]] = {}
         super().__init__(
             app_dir=app_dir,
@@ -83,6 +86,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             agreement = label_agreement(original, path, self.settings.labels)
             params = self._datastore.get_label_info(image_id, DefaultLabelTag.ORIGINAL.value).get("params") or {}
             version = params.get("model_version")
+        self.leases.release(image_id)
         model = self.model_store.info()
         seconds = info.get("seconds_spent")
         entry = self.submissions.add(
@@ -99,6 +103,26 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         """The response to a label upload carries its agreement with the pre-segmentation."""
         entry = self._last_submission.pop(image_id, None)
         return {"submission": entry} if entry else {}
+
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The strategy's pick among volumes not leased to another client, leased to this one.
+
+        A client asking again before submitting may be given its own leased volume again.
+        """
+        name = request.get("strategy") or "random"
+        strategy = self._strategies.get(name)
+        if strategy is None:
+            raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"no strategy named {name!r}")
+        client = str(request.get("client_id") or "anonymous")
+        with self.leases.selecting():
+            view = LeasedDatastoreView(self._datastore, excluded=self.leases.held_by_others(client))
+            result = strategy(request, view)
+            if not result or not result.get("id"):
+                return {}
+            lease = self.leases.grant(result["id"], client)
+        result["path"] = self._datastore.get_image_uri(result["id"])
+        result["lease"] = lease.to_dict()
+        return result
 
     def init_infers(self) -> dict[str, InferTask]:
         return {MODEL: SegmentationInfer(settings=self.settings, store=self.model_store)}
