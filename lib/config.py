@@ -114,6 +114,7 @@ KEYS: dict[str, Key] = {
     "model_dir": Key(None, str, "checkpoint directory (default: <state_dir>/model)"),
     "state_dir": Key(None, str, "scores and model state (default: <studies>/.activelabel, or <app>/state for PACS)"),
     "preload": Key("false", _bool, "load the network when the server starts"),
+    "retrain_after": Key("10", int, "start training after this many new labels (0: only on request)"),
     "lease_seconds": Key("1800", _positive_int, "how long a served volume stays reserved for its client"),
     "stop_window": Key("5", _positive_int, "submissions per round when the stop rule judges a plateau"),
     "stop_min_agreement": Key("0.8", _fraction, "agreement (Dice of pre-segmentation vs submission) needed to stop"),
@@ -143,6 +144,7 @@ class Settings:
     stop_window: int
     stop_min_agreement: float
     lease_seconds: int
+    retrain_after: int
 
     @property
     def scores_path(self) -> Path:
@@ -263,4 +265,5 @@ def load_settings(
         stop_window=values["stop_window"],
         stop_min_agreement=values["stop_min_agreement"],
         lease_seconds=values["lease_seconds"],
+        retrain_after=values["retrain_after"],
     )

@@ -11,12 +11,14 @@ from activelabel.data.phantoms import generate_datastore
 from activelabel.server_process import ServerProcess, start_server
 
 # Small settings so a whole train/score cycle takes seconds on two CPU cores.
-FAST_CONF = {"max_epochs": "1", "mc_samples": "2", "samples_per_volume": "1"}
+FAST_CONF = {"max_epochs": "1", "mc_samples": "2", "samples_per_volume": "1", "retrain_after": "0"}
 
 
-def start_test_server(studies: Path, work: Path, *, launcher: str = "activelabel") -> ServerProcess:
-    """A server with fast settings whose state lives in ``work/state``."""
-    conf = {**FAST_CONF, "state_dir": str(work / "state")}
+def start_test_server(
+    studies: Path, work: Path, *, launcher: str = "activelabel", conf: dict[str, str] | None = None
+) -> ServerProcess:
+    """A server with fast settings (plus ``conf``) whose state lives in ``work/state``."""
+    conf = {**FAST_CONF, "state_dir": str(work / "state"), **(conf or {})}
     return start_server(studies, log=work / "server.log", conf=conf, launcher=launcher)
 
 

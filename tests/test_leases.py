@@ -1,4 +1,5 @@
-"""Leases: concurrent clinicians never get the same volume; submit and skip release it."""
+"""Leases and the retrain policy: concurrent clinicians never get the same volume; submit and skip
+release it; enough new labels start one training run."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from tests.conftest import start_test_server
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     studies = tmp_path_factory.mktemp("leases") / "studies"
     generate_datastore(studies, modality="ct", count=5, seed=2, labeled=1)
-    running = start_test_server(studies, tmp_path_factory.mktemp("leases-server"))
+    running = start_test_server(studies, tmp_path_factory.mktemp("leases-server"), conf={"retrain_after": "1"})
     try:
         yield running
     finally:
@@ -74,6 +75,14 @@ def test_submission_releases_the_lease(server: ServerProcess) -> None:
     assert response.status_code == 200, response.text
     leases = LeaseStore(server.state_dir / "leases.sqlite", seconds=60)
     assert held not in leases.active()
+
+
+def test_enough_new_labels_start_training_once(server: ServerProcess) -> None:
+    # retrain_after=1: the submission above was one new label since version 0 (trained on none).
+    task = requests.get(f"{server.url}/train/", timeout=30).json()
+    assert task["status"] in ("SUBMITTED", "RUNNING", "DONE"), task
+    tasks = requests.get(f"{server.url}/train/", params={"all": True}, timeout=30).json()
+    assert len(tasks) == 1
 
 
 def test_expired_leases_stop_counting(tmp_path: Path) -> None:

@@ -98,6 +98,21 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             seconds_spent=float(seconds) if seconds is not None else None,
         )
         self._last_submission[image_id] = entry.to_dict()
+        self._maybe_retrain()
+
+    def _maybe_retrain(self) -> None:
+        """Start training once ``retrain_after`` labels arrived since the current model was trained.
+
+        MONAI Label refuses a second train task while one runs, so training never runs twice.
+        """
+        if self.settings.retrain_after <= 0 or not self._server_mode:
+            return
+        model = self.model_store.info()
+        trained_on = (model.train_count + model.val_count) if model else 0
+        new_labels = len(self._datastore.get_labeled_images()) - trained_on
+        if new_labels >= self.settings.retrain_after:
+            logger.info("%d new labels since the model was trained: starting training", new_labels)
+            self.async_training(MODEL)
 
     def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
         """The response to a label upload carries its agreement with the pre-segmentation."""

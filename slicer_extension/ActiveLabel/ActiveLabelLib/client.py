@@ -1,0 +1,195 @@
+"""HTTP client of an ActiveLabel (MONAI Label) server, on ``urllib`` so it runs inside Slicer as is.
+
+One method per endpoint the labeling loop uses.  Every failure, from a refused connection to a
+4xx answer, comes out as :class:`~ActiveLabelLib.errors.ActiveLabelError` with a one-line
+message; the server's ``detail`` is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import multipart
+from .errors import ActiveLabelError
+
+DEFAULT_TIMEOUT = 120.0
+"""Seconds one request may take; infer on a large CT on CPU takes tens of seconds."""
+
+_FILENAME = re.compile(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)\"?", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A successful HTTP answer."""
+
+    status: int
+    content_type: str
+    body: bytes
+    disposition: str = ""
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except ValueError as error:
+            raise ActiveLabelError(f"the server's answer is not JSON ({error})") from None
+
+    @property
+    def filename(self) -> str:
+        """The file name from ``Content-Disposition`` (empty when there is none)."""
+        match = _FILENAME.search(self.disposition)
+        return urllib.parse.unquote(match.group(1)) if match else ""
+
+
+@dataclass(frozen=True)
+class InferAnswer:
+    """The server's segmentation of one image."""
+
+    label: multipart.FilePart
+    params: dict[str, Any]
+
+
+class ActiveLabelClient:
+    """Talks to one server on behalf of one user.
+
+    Args:
+        server_url: e.g. ``http://127.0.0.1:8000``.
+        client_id: the user name, sent as ``client_id`` like MONAI Label's own clients do; the
+            server records it as the author of submitted labels.
+        timeout: seconds per request.
+    """
+
+    def __init__(self, server_url: str, *, client_id: str = "", timeout: float = DEFAULT_TIMEOUT) -> None:
+        url = server_url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ActiveLabelError(f"server address {server_url!r} must start with http:// or https://")
+        self.server_url = url
+        self.client_id = client_id.strip()
+        self.timeout = timeout
+
+    def info(self) -> dict[str, Any]:
+        """``GET /info/``: app name, models with their labels, strategies, scoring methods."""
+        return self._call("GET", "/info/", action="Connecting").json()
+
+    def status(self) -> dict[str, Any] | None:
+        """``GET /activelabel/status``; ``None`` from a plain MONAI Label server (no such route)."""
+        try:
+            return self._call("GET", "/activelabel/status", action="Reading the project status").json()
+        except ActiveLabelError as error:
+            if error.status in (404, 501):
+                return None
+            raise
+
+    def next_sample(self, strategy: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /activelearning/{strategy}``: the image the strategy picks; ``{}`` when none is left."""
+        body = self._with_client_id(params)
+        path = f"/activelearning/{urllib.parse.quote(strategy, safe='')}"
+        return self._call("POST", path, json_body=body, action="Asking for the next sample").json()
+
+    def download_image(self, image_id: str) -> multipart.FilePart:
+        """``GET /datastore/image?image=ID``: the image file as stored on the server."""
+        answer = self._call("GET", "/datastore/image", query={"image": image_id}, action="Downloading the image")
+        return multipart.FilePart(answer.filename or f"{image_id}.nii.gz", answer.body, answer.content_type)
+
+    def infer(self, model: str, image_id: str, params: Mapping[str, Any] | None = None) -> InferAnswer:
+        """``POST /infer/{model}?image=ID``: the segmentation and its JSON (label names, model version)."""
+        fields = {"params": json.dumps(self._with_client_id(params))}
+        path = f"/infer/{urllib.parse.quote(model, safe='')}"
+        answer = self._call(
+            "POST", path, query={"image": image_id}, form=(fields, {}), action="Segmenting the image"
+        )
+        form = multipart.decode(answer.content_type, answer.body)
+        if not form.files:
+            raise ActiveLabelError("Segmenting the image failed: the server's answer holds no label file")
+        label = next(iter(form.files.values()))
+        try:
+            params_out = json.loads(form.fields.get("params") or "{}")
+        except ValueError:
+            params_out = {}
+        return InferAnswer(label=label, params=params_out if isinstance(params_out, dict) else {})
+
+    def save_label(
+        self,
+        image_id: str,
+        label: multipart.FilePart,
+        *,
+        tag: str = "final",
+        params: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """``PUT /datastore/label?image=ID&tag=TAG``: store a label; the answer carries the submission."""
+        fields = {"params": json.dumps(self._with_client_id(params))}
+        return self._call(
+            "PUT",
+            "/datastore/label",
+            query={"image": image_id, "tag": tag},
+            form=(fields, {"label": label}),
+            action="Submitting the label",
+        ).json()
+
+    def train_start(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /train/{model}``: start fine-tuning in the background."""
+        path = f"/train/{urllib.parse.quote(model, safe='')}"
+        return self._call("POST", path, json_body=self._with_client_id(options), action="Starting training").json()
+
+    def train_status(self) -> dict[str, Any] | None:
+        """``GET /train/``: the latest training task (``status``, ``details``); ``None`` when there was none."""
+        try:
+            return self._call("GET", "/train/", action="Reading the training status").json()
+        except ActiveLabelError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def train_stop(self) -> dict[str, Any]:
+        """``DELETE /train/``: stop the running training task."""
+        return self._call("DELETE", "/train/", action="Stopping training").json()
+
+    def _with_client_id(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        body = dict(params or {})
+        if self.client_id:
+            body["client_id"] = self.client_id
+        return body
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        action: str,
+        query: Mapping[str, str] | None = None,
+        json_body: Mapping[str, Any] | None = None,
+        form: tuple[Mapping[str, str], Mapping[str, multipart.FilePart]] | None = None,
+    ) -> Answer:
+        """One request; non-2xx answers and network failures become :class:`ActiveLabelError`."""
+        url = self.server_url + path
+        if query:
+            url += "?" + urllib.parse.urlencode(query)
+        data, headers = None, {"Accept": "application/json, multipart/form-data, */*"}
+        if json_body is not None:
+            data, headers["Content-Type"] = json.dumps(json_body).encode(), "application/json"
+        elif form is not None:
+            headers["Content-Type"], data = multipart.encode(*form)
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return Answer(
+                    status=response.status,
+                    content_type=response.headers.get("Content-Type", ""),
+                    body=response.read(),
+                    disposition=response.headers.get("Content-Disposition", ""),
+                )
+        except urllib.error.HTTPError as error:
+            raise ActiveLabelError.from_http(action, error.code, error.read()) from None
+        except urllib.error.URLError as error:
+            raise ActiveLabelError.unreachable(action, self.server_url, error.reason) from None
+        except TimeoutError:
+            raise ActiveLabelError(f"{action} failed: no answer from {self.server_url} in {self.timeout:.0f} s") from None
+        except OSError as error:
+            raise ActiveLabelError.unreachable(action, self.server_url, error) from None
