@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -60,13 +62,22 @@ class ServerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, *, timeout: float = 30.0) -> None:
-        """Terminate the server (and kill it if it does not exit in ``timeout`` seconds)."""
-        self.process.terminate()
+        """Terminate the server and its task subprocesses (training, scoring, batch infer).
+
+        The server runs in its own process group, so the signal reaches the tasks MONAI Label
+        started too; whatever has not exited after ``timeout`` seconds is killed.
+        """
+        group = os.getpgid(self.process.pid) if self.process.poll() is None else None
+        if group is not None:
+            os.killpg(group, signal.SIGTERM)
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        if group is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
 
 
 def start_server(
@@ -89,7 +100,7 @@ def start_server(
     log.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     with log.open("w") as handle:
-        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = ServerProcess(f"http://127.0.0.1:{port}", studies, log, process, 0.0, conf)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
