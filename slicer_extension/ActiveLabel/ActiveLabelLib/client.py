@@ -102,9 +102,7 @@ class ActiveLabelClient:
         """``POST /infer/{model}?image=ID``: the segmentation and its JSON (label names, model version)."""
         fields = {"params": json.dumps(self._with_client_id(params))}
         path = f"/infer/{urllib.parse.quote(model, safe='')}"
-        answer = self._call(
-            "POST", path, query={"image": image_id}, form=(fields, {}), action="Segmenting the image"
-        )
+        answer = self._call("POST", path, query={"image": image_id}, form=(fields, {}), action="Segmenting the image")
         form = multipart.decode(answer.content_type, answer.body)
         if not form.files:
             raise ActiveLabelError("Segmenting the image failed: the server's answer holds no label file")
@@ -133,6 +131,23 @@ class ActiveLabelClient:
             action="Submitting the label",
         ).json()
 
+    def skip(self, image_id: str) -> bool:
+        """``POST /activelabel/skip``: end this client's lease on an image; whether one was released.
+
+        ``False`` when the server has no leases (plain MONAI Label, older ActiveLabel) or the
+        lease already ended (expired, or held under another client id).
+        """
+        query = {"image": image_id, "client_id": self.client_id or "anonymous"}
+        try:
+            self._call("POST", "/activelabel/skip", query=query, action="Skipping the image")
+        except ActiveLabelError as error:
+            if error.status == 409 or (
+                error.status in (404, 405) and error.detail in ("Not Found", "Method Not Allowed")
+            ):
+                return False
+            raise
+        return True
+
     def train_start(self, model: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``POST /train/{model}``: start fine-tuning in the background."""
         path = f"/train/{urllib.parse.quote(model, safe='')}"
@@ -150,6 +165,20 @@ class ActiveLabelClient:
     def train_stop(self) -> dict[str, Any]:
         """``DELETE /train/``: stop the running training task."""
         return self._call("DELETE", "/train/", action="Stopping training").json()
+
+    def score_start(self, method: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /scoring/{method}``: score the unlabeled images (what ``most_uncertain`` ranks by)."""
+        path = f"/scoring/{urllib.parse.quote(method, safe='')}"
+        return self._call("POST", path, json_body=self._with_client_id(options), action="Starting scoring").json()
+
+    def score_status(self) -> dict[str, Any] | None:
+        """``GET /scoring/``: the latest scoring task; ``None`` when there was none."""
+        try:
+            return self._call("GET", "/scoring/", action="Reading the scoring status").json()
+        except ActiveLabelError as error:
+            if error.status == 404:
+                return None
+            raise
 
     def _with_client_id(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         body = dict(params or {})
@@ -190,6 +219,7 @@ class ActiveLabelClient:
         except urllib.error.URLError as error:
             raise ActiveLabelError.unreachable(action, self.server_url, error.reason) from None
         except TimeoutError:
-            raise ActiveLabelError(f"{action} failed: no answer from {self.server_url} in {self.timeout:.0f} s") from None
+            message = f"{action} failed: no answer from {self.server_url} in {self.timeout:.0f} s"
+            raise ActiveLabelError(message) from None
         except OSError as error:
             raise ActiveLabelError.unreachable(action, self.server_url, error) from None

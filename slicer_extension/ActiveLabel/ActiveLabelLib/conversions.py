@@ -4,12 +4,21 @@ Conventions: NIfTI arrays (nibabel, the server) are indexed ``[i, j, k]`` and th
 voxel indices to RAS millimetres.  Slicer's IJK-to-RAS matrix is the same matrix, but
 ``slicer.util.arrayFromVolume`` indexes ``[k, j, i]``.  Slicer stores the matrix as origin,
 spacing and unit direction columns; :class:`VolumeGeometry` converts between the two.
+
+One trap: Slicer reads NIfTI through ITK, which turns a left-handed grid (e.g. LAS, or any
+sform-only file with a negative determinant) into a right-handed one by reversing the k axis.
+Same voxels in space, different voxel order and matrix.  A label exported from Slicer must be
+put back on the file's own grid (:func:`nifti_geometry`, :func:`reorient`) before upload, or
+the server sees a different grid (and pre-segmentation agreement compares the wrong voxels).
 """
 
 from __future__ import annotations
 
+import gzip
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -147,6 +156,95 @@ def split_label_map(label_map: np.ndarray, label_names: Mapping[str, int]) -> di
     if unexpected:
         raise ActiveLabelError(f"the label map holds values {unexpected} that name no label")
     return {spec.name: label_map == spec.value for spec in segment_specs(label_names)}
+
+
+def nifti_geometry(path: str | Path) -> VolumeGeometry:
+    """The grid a NIfTI-1 file declares, read from its header as nibabel does.
+
+    The sform when its code is set, else the qform, else the voxel sizes alone.  Plain Python,
+    because Slicer reads NIfTI through ITK, which may reorder a left-handed grid.
+
+    Raises:
+        ActiveLabelError: when the file is not a readable NIfTI-1 file.
+    """
+    raw = _header(Path(path))
+    endian = "<" if struct.unpack("<i", raw[:4])[0] == 348 else ">"
+    if struct.unpack(f"{endian}i", raw[:4])[0] != 348 or raw[344:347] not in (b"n+1", b"ni1"):
+        raise ActiveLabelError(f"{Path(path).name} is not a NIfTI-1 file")
+    dims = struct.unpack(f"{endian}8h", raw[40:56])
+    pixdim = struct.unpack(f"{endian}8f", raw[76:108])
+    qform_code, sform_code = struct.unpack(f"{endian}2h", raw[252:256])
+    affine = np.eye(4)
+    if sform_code > 0:
+        affine[:3] = np.asarray(struct.unpack(f"{endian}12f", raw[280:328]), dtype=float).reshape(3, 4)
+    elif qform_code > 0:
+        affine = _qform_affine(struct.unpack(f"{endian}6f", raw[256:280]), pixdim)
+    else:
+        affine[:3, :3] = np.diag(np.abs(pixdim[1:4]))
+    if dims[0] < 3:
+        raise ActiveLabelError(f"{Path(path).name} is not a 3D volume ({dims[0]} dimensions)")
+    return VolumeGeometry.from_affine(affine, dims[1:4])
+
+
+def reorient(array: np.ndarray, *, source: VolumeGeometry, target: VolumeGeometry) -> np.ndarray:
+    """A Slicer-ordered ``[k, j, i]`` array on ``source`` re-indexed on ``target``, in NIfTI order.
+
+    Both grids must hold the same voxel centres, with axes permuted or reversed (what ITK does
+    to left-handed NIfTI grids); anything else would need resampling and is refused.
+    """
+    mapping = np.linalg.inv(source.ijk_to_ras) @ target.ijk_to_ras  # target index -> source index
+    linear, offset = mapping[:3, :3], mapping[:3, 3]
+    signs = np.round(linear)
+    is_permutation = np.allclose(np.abs(signs).sum(axis=0), 1) and np.allclose(np.abs(signs).sum(axis=1), 1)
+    if not (np.allclose(linear, signs, atol=1e-3) and is_permutation):
+        raise ActiveLabelError("the segmentation's grid is not the image file's grid up to axis order; cannot export")
+    axes = [int(np.argmax(np.abs(signs[:, axis]))) for axis in range(3)]
+    result = np.transpose(to_nifti_order(array), axes)
+    for axis, source_axis in enumerate(axes):
+        reversed_axis = signs[source_axis, axis] < 0
+        expected = source.shape[source_axis] - 1 if reversed_axis else 0
+        if abs(offset[source_axis] - expected) > 1e-3:
+            raise ActiveLabelError("the segmentation's grid is shifted from the image file's grid; cannot export")
+        if reversed_axis:
+            result = np.flip(result, axis=axis)
+    return np.ascontiguousarray(result)
+
+
+def _header(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            compressed = handle.read(2) == b"\x1f\x8b"
+        opener = gzip.open if compressed else open
+        with opener(path, "rb") as handle:
+            raw = handle.read(348)
+    except OSError as error:
+        raise ActiveLabelError(f"cannot read {path.name}: {error}") from None
+    if len(raw) < 348:
+        raise ActiveLabelError(f"{path.name} is not a NIfTI-1 file (header too short)")
+    return raw
+
+
+def _qform_affine(quatern: Sequence[float], pixdim: Sequence[float]) -> np.ndarray:
+    """The qform matrix from NIfTI's quaternion (b, c, d), offsets and qfac (``pixdim[0]``)."""
+    b, c, d, x, y, z = (float(value) for value in quatern)
+    a = 1.0 - (b * b + c * c + d * d)
+    if a < 1e-7:  # a 180-degree rotation: normalise (b, c, d), as the NIfTI reference library does
+        norm = float(np.sqrt(b * b + c * c + d * d))
+        a, b, c, d = 0.0, b / norm, c / norm, d / norm
+    else:
+        a = float(np.sqrt(a))
+    rotation = np.array(
+        [
+            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+            [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - c * c - b * b],
+        ]
+    )
+    qfac = -1.0 if pixdim[0] < 0 else 1.0
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([pixdim[1], pixdim[2], pixdim[3] * qfac])
+    affine[:3, 3] = (x, y, z)
+    return affine
 
 
 def _transposed(array: np.ndarray) -> np.ndarray:

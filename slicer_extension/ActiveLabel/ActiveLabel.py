@@ -1,0 +1,457 @@
+"""ActiveLabel: label the images an active-learning server finds most informative, in 3D Slicer.
+
+The module is a thin layer: the labeling loop lives in ``ActiveLabelLib`` (plain Python,
+tested outside Slicer), MRML node handling in ``ActiveLabelLib.nodes``, and what the panel
+shows in ``ActiveLabelLib.panel``.  Server calls run on a worker thread; a timer on the UI
+thread delivers their results, so the UI never freezes and errors appear as one-line messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import qt
+import slicer
+from ActiveLabelLib import nodes
+from ActiveLabelLib.client import ActiveLabelClient
+from ActiveLabelLib.conversions import nifti_geometry
+from ActiveLabelLib.errors import ActiveLabelError
+from ActiveLabelLib.panel import UNCERTAINTY_MAP_TOOLTIP, panel_view
+from ActiveLabelLib.session import LabelingSession, PreSegmentation, Sample, Skip, Submission, TaskProgress
+from ActiveLabelLib.settings import Settings
+from ActiveLabelLib.worker import BackgroundCalls
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+
+TEST_SERVER_VARIABLE = "ACTIVELABEL_TEST_SERVER"
+"""Environment variable with the URL of a throwaway server for the self-test."""
+
+POLL_MILLISECONDS = 100
+TASK_POLL_SECONDS = 2.0
+
+logger = logging.getLogger(__name__)
+
+
+class ActiveLabel(ScriptedLoadableModule):
+    """Module description shown by Slicer."""
+
+    def __init__(self, parent: Any) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "ActiveLabel"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["ActiveLabel developers"]
+        self.parent.helpText = (
+            "Label the images an ActiveLabel server picks as most informative: connect, take the next "
+            "sample with its pre-segmentation, correct it with the Segment Editor, submit, retrain."
+        )
+        self.parent.acknowledgementText = "Built on MONAI Label's REST API and 3D Slicer's Segment Editor."
+
+
+class QSettingsStore:
+    """The settings' key-value store on Slicer's QSettings (persists across Slicer sessions)."""
+
+    def __init__(self) -> None:
+        self._settings = qt.QSettings()
+
+    def get(self, key: str) -> str | None:
+        return str(self._settings.value(key)) if self._settings.contains(key) else None
+
+    def put(self, key: str, value: str) -> None:
+        self._settings.setValue(key, value)
+
+
+class ActiveLabelWidget(ScriptedLoadableModuleWidget):
+    """The panel: applies :func:`panel_view` to the widgets of ``ActiveLabel.ui`` and wires the buttons."""
+
+    def __init__(self, parent: Any = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        self.logic: ActiveLabelLogic | None = None
+        self.calls: BackgroundCalls | None = None
+        self.polls: BackgroundCalls | None = None
+        self.timer: Any = None
+        self.store = QSettingsStore()
+        self.settings = Settings()
+        self.task: TaskProgress | None = None
+        self.last_submission: Submission | None = None
+        self._since_task_poll = 0.0
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        panel = slicer.util.loadUI(self.resourcePath("UI/ActiveLabel.ui"))
+        self.layout.addWidget(panel)
+        self.ui = slicer.util.childWidgetVariables(panel)
+        panel.setMRMLScene(slicer.mrmlScene)
+        self.logic = ActiveLabelLogic()
+        self.calls = BackgroundCalls(name="activelabel-calls")
+        self.polls = BackgroundCalls(name="activelabel-polls")
+        self.ui.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
+        self.ui.uncertaintyMapCheckBox.enabled = False
+        self.ui.uncertaintyMapCheckBox.toolTip = UNCERTAINTY_MAP_TOOLTIP
+        self._load_settings()
+
+        self.ui.connectButton.connect("clicked(bool)", lambda _checked: self.on_connect())
+        self.ui.nextSampleButton.connect("clicked(bool)", lambda _checked: self.on_next_sample())
+        self.ui.skipButton.connect("clicked(bool)", lambda _checked: self.on_skip())
+        self.ui.segmentButton.connect("clicked(bool)", lambda _checked: self.on_segment())
+        self.ui.submitButton.connect("clicked(bool)", lambda _checked: self.on_submit())
+        self.ui.trainButton.connect("clicked(bool)", lambda _checked: self.on_train())
+        self.ui.stopTrainingButton.connect("clicked(bool)", lambda _checked: self.on_stop_training())
+        self.ui.scoreButton.connect("clicked(bool)", lambda _checked: self.on_score())
+        for box in (self.ui.autoSegmentCheckBox, self.ui.autoFetchCheckBox):
+            box.connect("toggled(bool)", lambda _checked: self._save_settings())
+
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_MILLISECONDS)
+        self.timer.connect("timeout()", self.on_tick)
+        self.timer.start()
+        self.refresh_view()
+
+    def cleanup(self) -> None:
+        if self.timer is not None:
+            self.timer.stop()
+        for calls in (self.calls, self.polls):
+            if calls is not None:
+                calls.shutdown()
+
+    # -- actions (UI thread) ------------------------------------------------------------------
+
+    def on_connect(self) -> None:
+        url = self.ui.serverComboBox.currentText.strip()
+        try:
+            session = self.logic.open_session(url, user=self.ui.userLineEdit.text)
+        except ActiveLabelError as error:
+            self.show_message(error.message, error=True)
+            return
+        self.settings = self.settings.with_server(url)
+        self._save_settings()
+        self._fill_server_history()
+        self.run("Connecting…", session.connect, self.on_connected)
+
+    def on_connected(self, summary: Any) -> None:
+        self.ui.strategyComboBox.clear()
+        for name in summary.strategies:
+            self.ui.strategyComboBox.addItem(name)
+        index = self.ui.strategyComboBox.findText(self.settings.strategy)
+        self.ui.strategyComboBox.currentIndex = max(index, 0)
+        self.show_message(f"Connected to {summary.app_name or summary.url}.")
+
+    def on_next_sample(self) -> None:
+        session = self._session()
+        if session is None:
+            return
+        strategy = self.ui.strategyComboBox.currentText
+        self.settings = replace(self.settings, strategy=strategy)
+        self._save_settings()
+        self.logic.clear_sample()
+        self.run(f"Asking {strategy} for the next sample…", lambda: session.next_sample(strategy), self.on_sample)
+
+    def on_sample(self, sample: Sample) -> None:
+        self.logic.show_sample(sample)
+        self.show_message(f"Loaded {sample.image_id}.")
+        if self.ui.autoSegmentCheckBox.checked:
+            self.on_segment()
+        else:
+            self._edit(self.logic.ensure_segmentation())
+
+    def on_segment(self) -> None:
+        session = self._session()
+        if session is not None:
+            self.run("Segmenting on the server…", session.segment, self.on_presegmentation)
+
+    def on_presegmentation(self, presegmentation: PreSegmentation) -> None:
+        self._edit(self.logic.show_presegmentation(presegmentation))
+        self.show_message("Correct the segmentation, then submit it.")
+
+    def on_submit(self) -> None:
+        session = self._session()
+        if session is None:
+            return
+        try:
+            label_file = self.logic.export_label()  # MRML work stays on the UI thread
+        except ActiveLabelError as error:
+            self.show_message(error.message, error=True)
+            return
+        self.run("Submitting…", lambda: session.submit(label_file), self.on_submitted)
+
+    def on_submitted(self, submission: Submission) -> None:
+        self.last_submission = submission
+        self.logic.clear_sample()
+        self.show_message(submission.text)
+        session = self._session()
+        if session is not None:
+            self.run("Reading the project status…", session.refresh, lambda _summary: None)
+        if self.ui.autoFetchCheckBox.checked:
+            self.on_next_sample()
+
+    def on_skip(self) -> None:
+        session = self._session()
+        if session is None:
+            return
+        self.logic.clear_sample()
+        self.run("Skipping…", session.skip, self.on_skipped)
+
+    def on_skipped(self, skip: Skip) -> None:
+        self.show_message(skip.text)
+        self.on_next_sample()
+
+    def on_train(self) -> None:
+        session = self._session()
+        if session is not None:
+            options = {"max_epochs": int(self.ui.epochsSpinBox.value)}
+            self.run("Starting training…", lambda: session.start_training(options), self.on_task)
+
+    def on_stop_training(self) -> None:
+        session = self._session()
+        if session is not None:
+            self.run("Stopping training…", session.stop_training, self.on_task)
+
+    def on_score(self) -> None:
+        session = self._session()
+        if session is not None:
+            self.run("Starting scoring…", session.start_scoring, self.on_task)
+
+    def on_task(self, progress: TaskProgress) -> None:
+        finished = self.task is not None and self.task.running and not progress.running
+        self.task = progress
+        self.ui.taskLogText.setPlainText("\n".join(progress.details[-200:]))
+        if finished and self._session() is not None:
+            self.polls.submit(self._session().refresh, on_done=lambda _s: self.refresh_view(), on_error=self.on_error)
+        self.refresh_view()
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def run(self, message: str, call: Callable[[], Any], on_done: Callable[[Any], None]) -> None:
+        """Run a server call on the worker thread; ``on_done`` runs on the UI thread."""
+        self.show_message(message)
+        self.calls.submit(call, on_done=on_done, on_error=self.on_error)
+        self.refresh_view()
+
+    def on_error(self, error: ActiveLabelError) -> None:
+        logger.warning("ActiveLabel: %s", error.message)
+        self.show_message(error.message, error=True)
+
+    def on_tick(self) -> None:
+        """Deliver finished calls, poll a running task, update the clock."""
+        delivered = self.calls.poll() + self.polls.poll()
+        self._since_task_poll += POLL_MILLISECONDS / 1000
+        session = self._session(quiet=True)
+        task_running = bool(self.task and self.task.running and session)
+        if task_running and not self.polls.busy and self._since_task_poll >= TASK_POLL_SECONDS:
+            self._since_task_poll = 0.0
+            poll = session.training_progress if self.task.kind == "train" else session.scoring_progress
+            self.polls.submit(poll, on_done=self.on_task, on_error=self.on_error)
+        if delivered or session is not None:
+            self.refresh_view()
+
+    def refresh_view(self) -> None:
+        session = self._session(quiet=True)
+        view = panel_view(
+            summary=session.summary if session else None,
+            sample=session.sample if session else None,
+            presegmentation=session.presegmentation if session else None,
+            seconds_on_sample=session.seconds_on_sample() if session else 0.0,
+            last_submission=self.last_submission,
+            task=self.task,
+            busy=bool(self.calls and self.calls.busy),
+        )
+        for name, text in view.texts.items():
+            getattr(self.ui, name).text = text
+        for name, enabled in view.enabled.items():
+            getattr(self.ui, name).enabled = enabled
+
+    def show_message(self, text: str, *, error: bool = False) -> None:
+        self.ui.messageLabel.text = text
+        self.ui.messageLabel.styleSheet = "color: #c0392b; font-weight: bold;" if error else ""
+
+    def _session(self, *, quiet: bool = False) -> LabelingSession | None:
+        session = self.logic.session if self.logic else None
+        if session is None and not quiet:
+            self.show_message("Connect to a server first.", error=True)
+        return session
+
+    def _edit(self, segmentation: Any) -> None:
+        editor = self.ui.segmentEditorWidget
+        editor.setMRMLSegmentEditorNode(self.logic.editor_node())
+        editor.setSegmentationNode(segmentation)
+        editor.setSourceVolumeNode(self.logic.volume)  # Slicer >= 5.4 (before: setMasterVolumeNode)
+
+    def _load_settings(self) -> None:
+        self.settings = Settings.load(self.store)
+        self._fill_server_history()
+        self.ui.userLineEdit.text = self.settings.user
+        self.ui.autoSegmentCheckBox.checked = self.settings.auto_segment
+        self.ui.autoFetchCheckBox.checked = self.settings.auto_fetch_next
+
+    def _fill_server_history(self) -> None:
+        box = self.ui.serverComboBox
+        box.clear()
+        for url in self.settings.server_history or (self.settings.server_url,):
+            box.addItem(url)
+        box.setEditText(self.settings.server_url)
+
+    def _save_settings(self) -> None:
+        self.settings = replace(
+            self.settings,
+            user=self.ui.userLineEdit.text.strip(),
+            auto_segment=bool(self.ui.autoSegmentCheckBox.checked),
+            auto_fetch_next=bool(self.ui.autoFetchCheckBox.checked),
+        )
+        self.settings.save(self.store)
+
+
+class ActiveLabelLogic(ScriptedLoadableModuleLogic):
+    """Holds the session and the sample's nodes; everything here runs on the UI thread.
+
+    Args:
+        scene: the MRML scene (Slicer's own by default).
+    """
+
+    def __init__(self, scene: Any = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.scene = scene if scene is not None else slicer.mrmlScene
+        self.session: LabelingSession | None = None
+        self.volume: Any = None
+        self.segmentation: Any = None
+        self._editor_node: Any = None
+
+    def open_session(self, url: str, *, user: str) -> LabelingSession:
+        """A new session with the server at ``url`` for ``user`` (not connected yet)."""
+        workdir = Path(tempfile.mkdtemp(prefix="ActiveLabel-", dir=slicer.app.temporaryPath))
+        self.session = LabelingSession(ActiveLabelClient(url, client_id=user), workdir=workdir)
+        return self.session
+
+    def show_sample(self, sample: Sample) -> Any:
+        """Load the sample's image and show it in the slice views."""
+        self.clear_sample()
+        self.volume = nodes.read_volume(self.scene, sample.image_file, name=sample.image_id)
+        slicer.util.setSliceViewerLayers(background=self.volume, foreground=None, label=None, fit=True)
+        return self.volume
+
+    def show_presegmentation(self, presegmentation: PreSegmentation) -> Any:
+        """Load the server's segmentation as named, coloured segments over the image."""
+        self._remove_segmentation()
+        self.segmentation = nodes.load_segmentation(
+            self.scene,
+            presegmentation.label_file,
+            reference=self._volume(),
+            label_names=presegmentation.label_names,
+            name=f"{self._volume().GetName()} segmentation",
+        )
+        return self.segmentation
+
+    def ensure_segmentation(self) -> Any:
+        """The sample's segmentation; empty segments for every label when there is none yet."""
+        if self.segmentation is None:
+            self.segmentation = nodes.new_segmentation(
+                self.scene,
+                reference=self._volume(),
+                label_names=self._label_names(),
+                name=f"{self._volume().GetName()} segmentation",
+            )
+        return self.segmentation
+
+    def export_label(self) -> Path:
+        """Write the segmentation as a label map on the image's grid, ready to submit."""
+        if self.session is None or self.session.sample is None:
+            raise ActiveLabelError("no sample is loaded; ask for the next sample first")
+        image_file = self.session.sample.image_file
+        path = self.session.workdir / f"{self.session.sample.image_id}_final.nii.gz"
+        # Back on the grid the server's file declares (ITK may have reordered a left-handed one).
+        target = nifti_geometry(image_file) if image_file.name.lower().endswith((".nii", ".nii.gz")) else None
+        return nodes.write_label_file(
+            self.scene,
+            self.ensure_segmentation(),
+            reference=self._volume(),
+            label_names=self._label_names(),
+            path=path,
+            target=target,
+        )
+
+    def editor_node(self) -> Any:
+        """The Segment Editor's parameter node (made again if the scene was closed)."""
+        if self._editor_node is None or self._editor_node.GetScene() is None:
+            self._editor_node = self.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode", "ActiveLabel editor")
+        return self._editor_node
+
+    def clear_sample(self) -> None:
+        """Remove the sample's image and segmentation from the scene."""
+        self._remove_segmentation()
+        nodes.remove_nodes(self.scene, self.volume)
+        self.volume = None
+
+    def _remove_segmentation(self) -> None:
+        nodes.remove_nodes(self.scene, self.segmentation)
+        self.segmentation = None
+
+    def _volume(self) -> Any:
+        if self.volume is None:
+            raise ActiveLabelError("no image is loaded; ask for the next sample first")
+        return self.volume
+
+    def _label_names(self) -> dict[str, int]:
+        session = self.session
+        if session and session.presegmentation:
+            return session.presegmentation.label_names
+        if session and session.summary and session.summary.label_names:
+            return session.summary.label_names
+        raise ActiveLabelError("the server named no labels; connect again")
+
+
+class ActiveLabelTest(ScriptedLoadableModuleTest):
+    """Self-test: the whole labeling loop inside Slicer against a throwaway server.
+
+    Set ``ACTIVELABEL_TEST_SERVER`` to the server's URL; the test submits a label, so use a
+    server on generated data (``activelabel data generate``), never a real project.
+    """
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:  # noqa: N802 -- the name Slicer's test runner calls
+        self.setUp()
+        self.test_labeling_loop()
+
+    def test_labeling_loop(self) -> None:
+        url = os.environ.get(TEST_SERVER_VARIABLE, "").strip()
+        if not url:
+            self.delayDisplay(f"Skipped: set {TEST_SERVER_VARIABLE} to the URL of a throwaway ActiveLabel server")
+            return
+        self.delayDisplay(f"Labeling loop against {url}")
+        logic = ActiveLabelLogic()
+        session = logic.open_session(url, user="slicer-self-test")
+        summary = session.connect()
+        assert (summary.total or 0) > (summary.labeled or 0), "the server has no unlabeled image left"
+
+        strategy = "most_uncertain" if "most_uncertain" in summary.strategies else summary.strategies[0]
+        sample = session.next_sample(strategy)
+        volume = logic.show_sample(sample)
+        segmentation = logic.show_presegmentation(session.segment())
+        names = session.presegmentation.label_names
+        assert segmentation.GetSegmentation().GetNumberOfSegments() == len(names), "one segment per label expected"
+
+        first = next(iter(names))
+        masks = nodes.segment_masks(logic.scene, segmentation, reference=volume)
+        edited = masks[first].copy()
+        edited[: edited.shape[0] // 4, : edited.shape[1] // 4, : edited.shape[2] // 4] = True
+        nodes.set_segment_mask(logic.scene, segmentation, first, edited, reference=volume)
+
+        submission = session.submit(logic.export_label())
+        assert submission.image_id == sample.image_id, submission
+        assert submission.author == "slicer-self-test", submission
+        assert submission.agreement is not None, "the server kept no pre-segmentation to compare with"
+        status = session.client.status()
+        if status is not None:
+            assert status["submissions"]["with_agreement"] >= 1, status["submissions"]
+        logic.clear_sample()
+        self.delayDisplay(f"Test passed: {submission.text}")

@@ -1,0 +1,413 @@
+"""The labeling loop of one user, without any UI: connect, next sample, segment, submit, skip, train.
+
+The Slicer widget calls these methods from a worker thread and shows what they return;
+everything here is plain Python over :class:`~ActiveLabelLib.client.ActiveLabelClient` and
+files in a work folder, so the whole loop runs and is tested outside Slicer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .client import ActiveLabelClient
+from .errors import ActiveLabelError
+from .multipart import FilePart
+
+FALLBACK_STRATEGY = "random"
+"""Asked when the chosen strategy offers an image this user skipped (the server has no exclusion list)."""
+
+PENDING_STATES = frozenset({"SUBMITTED", "RUNNING"})
+"""MONAI Label task states of a task that has not finished (queued or running)."""
+
+FALLBACK_ATTEMPTS = 8
+"""How many seeded random picks to try before giving up on finding an image that was not skipped."""
+
+
+@dataclass(frozen=True)
+class ServerSummary:
+    """What the connect panel shows: the app, its models and strategies, the project's progress."""
+
+    url: str
+    app_name: str
+    models: tuple[str, ...]
+    strategies: tuple[str, ...]
+    label_names: dict[str, int]
+    scoring_methods: tuple[str, ...] = ()
+    labeled: int | None = None
+    total: int | None = None
+    model_version: int | None = None
+    val_mean_dice: float | None = None
+    recent_agreement: float | None = None
+    stop_recommended: bool | None = None
+    stop_reason: str = ""
+    estimated_labels_needed: int | None = None
+    training_running: bool = False
+
+    @classmethod
+    def from_answers(
+        cls, url: str, info: Mapping[str, Any], status: Mapping[str, Any] | None, *, model: str
+    ) -> ServerSummary:
+        """Built from ``GET /info/`` and ``GET /activelabel/status`` (``None`` from plain MONAI Label)."""
+        models = info.get("models") or {}
+        summary = cls(
+            url=url,
+            app_name=str(info.get("name", "")),
+            models=tuple(models),
+            strategies=tuple(info.get("strategies") or {}),
+            label_names=_label_names((models.get(model) or {}).get("labels")),
+            scoring_methods=tuple(info.get("scoring") or {}),
+        )
+        if not status:
+            return summary
+        images, trained = status.get("images") or {}, status.get("model") or {}
+        stop, submissions = status.get("stop") or {}, status.get("submissions") or {}
+        return replace(
+            summary,
+            labeled=images.get("labeled"),
+            total=images.get("total"),
+            model_version=trained.get("version"),
+            val_mean_dice=trained.get("val_mean_dice"),
+            recent_agreement=submissions.get("recent_agreement"),
+            stop_recommended=stop.get("stop_recommended"),
+            stop_reason=str(stop.get("reason") or ""),
+            estimated_labels_needed=stop.get("estimated_labels_needed"),
+            training_running=bool((status.get("training") or {}).get("running")),
+        )
+
+    @property
+    def progress_text(self) -> str:
+        """e.g. ``3 / 12 labeled (25%)``."""
+        if self.labeled is None or not self.total:
+            return "progress unknown (plain MONAI Label server)"
+        return f"{self.labeled} / {self.total} labeled ({100 * self.labeled / self.total:.0f}%)"
+
+    @property
+    def model_text(self) -> str:
+        """e.g. ``model v2, validation Dice 0.81``."""
+        if self.model_version is None:
+            return "model unknown"
+        dice = f"validation Dice {self.val_mean_dice:.2f}" if self.val_mean_dice is not None else "not validated yet"
+        return f"model v{self.model_version}, {dice}"
+
+    @property
+    def stop_text(self) -> str:
+        """The stop rule's advice in one line."""
+        if self.stop_recommended is None:
+            return ""
+        if self.stop_recommended:
+            return f"Stop recommended: {self.stop_reason}".rstrip(": ")
+        needed = f"; about {self.estimated_labels_needed} more labels" if self.estimated_labels_needed else ""
+        return f"Keep labeling{needed}" + (f" ({self.stop_reason})" if self.stop_reason else "")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The image being labeled: where it came from and why it was picked."""
+
+    image_id: str
+    image_file: Path
+    strategy: str
+    score: float | None = None
+    rank: int | None = None
+    ranked: int | None = None
+    metric: str | None = None
+    note: str = ""
+
+    @property
+    def uncertainty_text(self) -> str:
+        """e.g. ``mutual_information 0.0123, rank 1 of 9`` (or why there is no score)."""
+        if self.score is None:
+            return self.note or f"picked by {self.strategy} (no uncertainty score)"
+        rank = f", rank {self.rank}" + (f" of {self.ranked}" if self.ranked else "") if self.rank else ""
+        return f"{self.metric or 'score'} {self.score:.4g}{rank}" + (f" — {self.note}" if self.note else "")
+
+
+@dataclass(frozen=True)
+class PreSegmentation:
+    """The server's segmentation of the sample, stored as its ``original`` label."""
+
+    label_file: Path
+    label_names: dict[str, int]
+    model_version: int | None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What the server recorded for a submitted label."""
+
+    image_id: str
+    seconds_spent: float
+    agreement: float | None
+    model_version: int | None
+    author: str | None
+
+    @property
+    def text(self) -> str:
+        """e.g. ``ct_004 submitted after 2 min 05 s; agreement with the model 0.87``."""
+        spent = format_duration(self.seconds_spent)
+        agreed = (
+            f"agreement with the model {self.agreement:.2f}"
+            if self.agreement is not None
+            else "no pre-segmentation to compare with"
+        )
+        return f"{self.image_id} submitted after {spent}; {agreed}"
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A skipped sample and whether the server released its lease."""
+
+    image_id: str
+    released_on_server: bool
+
+    @property
+    def text(self) -> str:
+        """What happened, for the message line."""
+        others = "other users can get it now" if self.released_on_server else "the server holds no lease on it"
+        return f"Skipped {self.image_id}: not offered to you again in this session; {others}."
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    """The latest background task of one kind (``train`` or ``scoring``) on the server."""
+
+    kind: str
+    state: str
+    running: bool
+    details: tuple[str, ...] = ()
+
+    @classmethod
+    def from_task(cls, kind: str, task: Mapping[str, Any] | None) -> TaskProgress:
+        """From ``GET /train/`` or ``GET /scoring/`` (``None`` when no such task ever ran)."""
+        if not task:
+            return cls(kind=kind, state="never run", running=False)
+        state = str(task.get("status") or "unknown")
+        details = task.get("details") or []
+        lines = tuple(str(line) for line in details) if isinstance(details, list) else (str(details),)
+        return cls(kind=kind, state=state, running=state in PENDING_STATES, details=lines)
+
+    @property
+    def text(self) -> str:
+        """e.g. ``train: RUNNING — Epoch 3/20 ...`` (the last log line)."""
+        last = f" — {self.details[-1]}" if self.details else ""
+        return f"{self.kind}: {self.state}{last}"
+
+
+class LabelingSession:
+    """One user's labeling loop against one server.
+
+    Args:
+        client: the server connection (its ``client_id`` is the author of submissions).
+        workdir: where downloaded images and segmentations are written.
+        model: the infer/train task; ``None`` takes the server's first model on connect.
+        clock: seconds since any fixed point; measures the time spent on a sample.
+    """
+
+    def __init__(
+        self,
+        client: ActiveLabelClient,
+        *,
+        workdir: str | Path,
+        model: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.workdir = Path(workdir)
+        self.model = model
+        self.clock = clock
+        self.summary: ServerSummary | None = None
+        self.sample: Sample | None = None
+        self.presegmentation: PreSegmentation | None = None
+        self.skipped: set[str] = set()
+        self._started_at: float | None = None
+
+    def connect(self) -> ServerSummary:
+        """Read the server's info and project status."""
+        info = self.client.info()
+        models = list(info.get("models") or {})
+        if self.model is None:
+            if not models:
+                raise ActiveLabelError(f"the server at {self.client.server_url} offers no segmentation model")
+            self.model = models[0]
+        elif self.model not in models:
+            raise ActiveLabelError(f"the server has no model {self.model!r}; it offers: {', '.join(models)}")
+        self.summary = ServerSummary.from_answers(self.client.server_url, info, self.client.status(), model=self.model)
+        return self.summary
+
+    def refresh(self) -> ServerSummary:
+        """Read the project status again (after a submission or training)."""
+        return self.connect()
+
+    def next_sample(self, strategy: str, *, params: Mapping[str, Any] | None = None) -> Sample:
+        """Ask ``strategy`` for the next image and download it; the clock starts.
+
+        An image this user skipped is not served again: when the strategy offers one, seeded
+        random picks are asked instead.
+
+        Raises:
+            ActiveLabelError: when no unlabeled image is left, or only skipped ones.
+        """
+        answer = self.client.next_sample(strategy, params)
+        note = ""
+        for seed in range(FALLBACK_ATTEMPTS + 1):
+            if answer.get("id") not in self.skipped:
+                break
+            self.client.skip(answer["id"])  # the server leased it to us again: give it back
+            if seed == FALLBACK_ATTEMPTS:
+                raise ActiveLabelError(
+                    "every image the server offered was skipped; label one or clear the skipped list"
+                )
+            note = f"{strategy} offered an image you skipped; picked at random instead"
+            answer = self.client.next_sample(FALLBACK_STRATEGY, {"seed": seed})
+        image_id = answer.get("id")
+        if not image_id:
+            raise ActiveLabelError("no image is available: all unlabeled images are labeled or reserved by other users")
+        image = self.client.download_image(image_id)
+        path = self._write(f"{image_id}{_extension(image.filename)}", image.content)
+        self.sample = Sample(
+            image_id=image_id,
+            image_file=path,
+            strategy=str(answer.get("strategy") or strategy),
+            score=_number(answer.get("score")),
+            rank=_integer(answer.get("rank")),
+            ranked=_integer(answer.get("ranked")),
+            metric=answer.get("metric"),
+            note=note or str(answer.get("fallback") or ""),
+        )
+        self.presegmentation = None
+        self._started_at = self.clock()
+        return self.sample
+
+    def segment(self) -> PreSegmentation:
+        """Run the server's segmentation of the sample; the server keeps it as the ``original`` label.
+
+        The clock restarts: correcting the pre-segmentation is the work being timed.
+        """
+        sample = self._current()
+        answer = self.client.infer(self._model(), sample.image_id, {"save_label": True})
+        names = _label_names(answer.params.get("label_names")) or (self.summary.label_names if self.summary else {})
+        if not names:
+            raise ActiveLabelError("the server named no labels for its segmentation")
+        name = f"{sample.image_id}_presegmentation{_extension(answer.label.filename)}"
+        path = self._write(name, answer.label.content)
+        version = answer.params.get("model_version")
+        self.presegmentation = PreSegmentation(path, names, version if isinstance(version, int) else None)
+        self._started_at = self.clock()
+        return self.presegmentation
+
+    def seconds_on_sample(self) -> float:
+        """Seconds since the sample (or its pre-segmentation) was shown; 0 without a sample."""
+        return 0.0 if self._started_at is None else max(0.0, self.clock() - self._started_at)
+
+    def submit(self, label_file: str | Path) -> Submission:
+        """Upload the corrected label as the sample's ``final`` label, with the time spent on it."""
+        sample = self._current()
+        seconds = round(self.seconds_on_sample(), 1)
+        path = Path(label_file)
+        label = FilePart(f"{sample.image_id}{_extension(path.name)}", path.read_bytes())
+        answer = self.client.save_label(sample.image_id, label, tag="final", params={"seconds_spent": seconds})
+        recorded = answer.get("submission") or {}
+        self._forget_sample()
+        return Submission(
+            image_id=sample.image_id,
+            seconds_spent=_number(recorded.get("seconds_spent")) or seconds,
+            agreement=_number(recorded.get("agreement")),
+            model_version=_integer(recorded.get("model_version")),
+            author=recorded.get("author"),
+        )
+
+    def skip(self) -> Skip:
+        """Give the sample back without a label; it is not served to this session again.
+
+        The server's lease on it ends, so other users can get it (servers without leases:
+        nothing to release).
+        """
+        sample = self._current()
+        self.skipped.add(sample.image_id)
+        released = self.client.skip(sample.image_id)
+        self._forget_sample()
+        return Skip(sample.image_id, released)
+
+    def start_training(self, options: Mapping[str, Any] | None = None) -> TaskProgress:
+        """Start fine-tuning the model on the labeled images (it runs on the server)."""
+        self.client.train_start(self._model(), options)
+        return self.training_progress()
+
+    def training_progress(self) -> TaskProgress:
+        """The latest training task's state and log lines."""
+        return TaskProgress.from_task("train", self.client.train_status())
+
+    def stop_training(self) -> TaskProgress:
+        """Stop the running training task."""
+        self.client.train_stop()
+        return self.training_progress()
+
+    def start_scoring(self) -> TaskProgress:
+        """Score the unlabeled images with the server's first scoring method (fresh scores rank first)."""
+        methods = self.summary.scoring_methods if self.summary else ()
+        if not methods:
+            raise ActiveLabelError("the server offers no scoring method")
+        self.client.score_start(methods[0])
+        return self.scoring_progress()
+
+    def scoring_progress(self) -> TaskProgress:
+        """The latest scoring task's state and log lines."""
+        return TaskProgress.from_task("scoring", self.client.score_status())
+
+    def _current(self) -> Sample:
+        if self.sample is None:
+            raise ActiveLabelError("no sample is loaded; ask for the next sample first")
+        return self.sample
+
+    def _model(self) -> str:
+        if self.model is None:
+            raise ActiveLabelError("not connected; connect to a server first")
+        return self.model
+
+    def _forget_sample(self) -> None:
+        self.sample, self.presegmentation, self._started_at = None, None, None
+
+    def _write(self, name: str, content: bytes) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / name
+        path.write_bytes(content)
+        return path
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``2 min 05 s`` or ``1 h 02 min``: how long a clinician spent, at a glance."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _extension(filename: str) -> str:
+    """``.nii.gz`` for compressed NIfTI, else the last suffix (``.nrrd``), else ``.nii.gz``."""
+    name = filename.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(filename).suffix or ".nii.gz"
+
+
+def _label_names(labels: object) -> dict[str, int]:
+    """``name -> value`` from a model's labels, given as a mapping or as a list (values 1, 2, ...)."""
+    if isinstance(labels, Mapping):
+        return {str(name): int(value) for name, value in labels.items() if isinstance(value, int)}
+    if isinstance(labels, list):
+        return {str(name): index for index, name in enumerate(labels, start=1)}
+    return {}
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
