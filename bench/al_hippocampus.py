@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import numpy as np
 
 from activelabel.config import load_settings
 from activelabel.simulation.commands import pair_cases
-from activelabel.simulation.loop import FULL_DATA, Simulation, SimulationConfig, load_cached
+from activelabel.simulation.loop import FULL_DATA, SimulationConfig, load_cached, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets" / "msd-hippocampus"
@@ -130,19 +129,17 @@ def main() -> None:
     began = time.perf_counter()
     for seed in args.seeds:
         for strategy in [FULL_DATA, *args.strategies]:
-            with tempfile.TemporaryDirectory(prefix="activelabel-bench-") as work:
-                started = time.perf_counter()
-                result = Simulation(
-                    images,
-                    truths,
-                    labels=settings.labels,
-                    preset=settings.preset,
-                    spec=settings.network,
-                    config=SimulationConfig(strategy=strategy, seed=seed, **base),
-                    work_dir=Path(work),
-                    volumes=volumes,
-                ).run()
-                result["seconds"] = time.perf_counter() - started
+            started = time.perf_counter()
+            result = simulate(
+                images,
+                truths,
+                labels=settings.labels,
+                preset=settings.preset,
+                spec=settings.network,
+                config=SimulationConfig(strategy=strategy, seed=seed, **base),
+                volumes=volumes,
+            )
+            result["seconds"] = time.perf_counter() - started
             (full if strategy == FULL_DATA else runs.setdefault(strategy, [])).append(result)
             print(
                 f"{strategy} seed {seed}: final Dice {result['summary']['final_test_mean_dice']:.3f} "

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 from activelabel.config import ConfigError, load_settings
 from activelabel.fsutil import atomic_write_json
 from activelabel.labelmap import LABELS_FILE
-from activelabel.simulation.loop import STRATEGIES, Simulation, SimulationConfig, load_cached, preprocess
+from activelabel.simulation.loop import STRATEGIES, SimulationConfig, load_cached, preprocess, simulate
 
 _SUFFIXES = (".nii.gz", ".nii")
 
@@ -73,21 +72,20 @@ def run_simulate(args: argparse.Namespace) -> int:
         if args.cache
         else preprocess(images, truths, **prepare)
     )
-    with tempfile.TemporaryDirectory(prefix="activelabel-sim-") as work:
-        try:
-            results = Simulation(
-                images,
-                truths,
-                labels=settings.labels,
-                preset=settings.preset,
-                spec=settings.network,
-                config=config,
-                work_dir=Path(work),
-                volumes=volumes,
-            ).run(progress=not args.quiet)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+    try:
+        results = simulate(
+            images,
+            truths,
+            labels=settings.labels,
+            preset=settings.preset,
+            spec=settings.network,
+            config=config,
+            volumes=volumes,
+            progress=not args.quiet,
+        )
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     atomic_write_json(args.out, results)
     summary = results["summary"]
     print(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -354,6 +355,32 @@ class Simulation:
                 "fraction_labeled": labeled_fraction,
             },
         }
+
+
+def simulate(
+    images: Mapping[str, Path],
+    truths: Mapping[str, Path],
+    *,
+    labels: LabelMap,
+    preset: Preset,
+    spec: NetworkSpec,
+    config: SimulationConfig,
+    volumes: Mapping[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run one :class:`Simulation` in a scratch folder that is removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="activelabel-sim-") as work:
+        simulation = Simulation(
+            images,
+            truths,
+            labels=labels,
+            preset=preset,
+            spec=spec,
+            config=config,
+            work_dir=Path(work),
+            volumes=volumes,
+        )
+        return simulation.run(progress=progress)
 
 
 def preprocess(
