@@ -20,6 +20,7 @@ import pytest
 import requests
 import slicer
 
+from activelabel.config import KEYS
 from activelabel.data.phantoms import generate_datastore
 from activelabel.scores import ScoreStore
 from activelabel.server_process import ServerProcess, free_port
@@ -39,7 +40,9 @@ from ActiveLabelLib.worker import BackgroundCalls  # noqa: E402
 
 LABELS = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4}
 USER = "radiologist-1"
-MUTUAL_INFORMATION = {"ct_001": 0.010, "ct_002": 0.030, "ct_003": 0.020}
+# Every metric gets the same value, so whichever metric the server ranks by picks ct_002.
+SEEDED_SCORES = {"ct_001": 0.010, "ct_002": 0.030, "ct_003": 0.020}
+DEFAULT_METRIC = KEYS["uncertainty_metric"].default
 """Scores of the unlabeled phantoms as model v0 left them (scoring itself is the server's business)."""
 TASK_TIMEOUT = 240.0
 
@@ -61,7 +64,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     studies = work / "studies"
     generate_datastore(studies, modality="ct", count=4, seed=0, labeled=1)
     scores = ScoreStore(work / "state" / "scores.sqlite")
-    for image_id, value in MUTUAL_INFORMATION.items():
+    for image_id, value in SEEDED_SCORES.items():
         uncertainty = VolumeUncertainty(
             entropy=value, mutual_information=value, variance=value, foreground_fraction=0.2, samples=2
         )
@@ -121,10 +124,10 @@ def test_next_sample_downloads_the_most_uncertain_image_with_score_and_rank(
     downloaded, stored = nib.load(sample.image_file), nib.load(served.studies / f"{sample.image_id}.nii.gz")
     np.testing.assert_array_equal(np.asarray(downloaded.dataobj), np.asarray(stored.dataobj))
     assert sample.score is not None
-    assert sample.score == pytest.approx(MUTUAL_INFORMATION["ct_002"])
+    assert sample.score == pytest.approx(SEEDED_SCORES["ct_002"])
     assert (sample.rank, sample.ranked) == (1, 3)
-    assert sample.metric == "mutual_information"
-    assert sample.uncertainty_text.startswith("mutual_information ")
+    assert sample.metric == DEFAULT_METRIC
+    assert sample.uncertainty_text.startswith(f"{DEFAULT_METRIC} ")
     assert "rank 1 of 3" in sample.uncertainty_text
 
 
