@@ -341,8 +341,17 @@ class LabelingSession:
         """The latest training task's state and log lines."""
         return TaskProgress.from_task("train", self.client.train_status())
 
-    def stop_training(self) -> TaskProgress:
-        """Stop the running training task."""
+    def stop_training(self, *, start_timeout: float = 15.0) -> TaskProgress:
+        """Stop the running training task.
+
+        The server can only stop a task whose process has started, so a task still queued
+        ("SUBMITTED") is given up to ``start_timeout`` seconds to start before it is stopped.
+        """
+        deadline = time.monotonic() + start_timeout
+        progress = self.training_progress()
+        while progress.state == "SUBMITTED" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            progress = self.training_progress()
         self.client.train_stop()
         return self.training_progress()
 
