@@ -224,6 +224,7 @@ class Simulation:
         began = time.perf_counter()
         values = []
         for case in self.unlabeled():
+            volume_began = time.perf_counter()
             uncertainty, embedding = mc_dropout_uncertainty(
                 self.network,
                 self.volumes[case]["image"],
@@ -231,7 +232,7 @@ class Simulation:
                 samples=self.config.mc_samples,
                 dilation=self.config.dilation,
             )
-            self.scores.put(case, version, uncertainty, seconds=0.0)
+            self.scores.put(case, version, uncertainty, seconds=time.perf_counter() - volume_began)
             self.scores.put_embedding(case, version, embedding.numpy())
             values.append(uncertainty.mutual_information)
         if self.config.strategy == "diverse":
