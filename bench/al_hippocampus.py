@@ -5,25 +5,35 @@ per strategy: labels needed to reach 95% of full-data test Dice (mean over seeds
 compares with random, where the stop rule fired, and the auto-label audit.  Writes
 ``bench/results/al-hippocampus.json`` and the learning-curve plot ``al-hippocampus.png``.
 Run with ``make bench-al`` (defaults) or with fewer seeds/strategies for a quicker look.
+
+Each (strategy, seed) run is kept under ``bench/.cache/al-runs/`` keyed by its settings, so an
+interrupted benchmark resumes, and seeds can run in separate processes (``--seeds 1``,
+``--seeds 2``) and be summarized together afterwards.  Stop rounds are replayed from the
+recorded signals with the current stop rule.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from activelabel.config import load_settings
+from activelabel.config import Settings, load_settings
 from activelabel.simulation.commands import pair_cases
 from activelabel.simulation.loop import FULL_DATA, SimulationConfig, load_cached, simulate
+from activelabel.simulation.stop_rule import RoundSignals, StopRule, replay
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets" / "msd-hippocampus"
 RESULTS = REPO / "bench" / "results"
+RUNS = REPO / "bench" / ".cache" / "al-runs"
 LABELS = '{"anterior": 1, "posterior": 2}'
 STRATEGIES = ["random", "entropy", "mutual_information", "variance", "diverse"]
 TARGET = 0.95
@@ -34,6 +44,14 @@ def first_reaching(rounds: list[dict[str, Any]], threshold: float) -> dict[str, 
     return next((r for r in rounds if r["test_mean_dice"] >= threshold), None)
 
 
+def stop_round(rounds: list[dict[str, Any]], per_round: int) -> int | None:
+    """The round where the current stop rule fires on a run's recorded signals."""
+    history = [
+        RoundSignals(r["labeled"], r["picked_agreement"], r["val_mean_dice"], r["pool_uncertainty"]) for r in rounds
+    ]
+    return replay(StopRule(), history, per_round=per_round)
+
+
 def summarize(runs: dict[str, list[dict[str, Any]]], full_dice: float, per_round: int) -> dict[str, Any]:
     """Per strategy: labels to reach 95% of full-data Dice, stop-rule timing and audit (means over seeds)."""
     threshold = TARGET * full_dice
@@ -42,7 +60,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], full_dice: float, per_round
         reached = [first_reaching(r["rounds"], threshold) for r in results]
         labels = [r["labeled"] if r else None for r in reached]
         fractions = [r["labeled_fraction"] if r else None for r in reached]
-        stops = [r["summary"]["stop_round"] for r in results]
+        stops = [stop_round(r["rounds"], per_round) for r in results]
         target_rounds = [r["round"] if r else None for r in reached]
         summary[strategy] = {
             "seeds": len(results),
@@ -51,12 +69,17 @@ def summarize(runs: dict[str, list[dict[str, Any]]], full_dice: float, per_round
             "fraction_to_target": _mean(fractions),
             "final_test_mean_dice": _mean([r["summary"]["final_test_mean_dice"] for r in results]),
             "stop_rounds": stops,
+            "stop_labels": [
+                r["rounds"][s]["labeled"] if s is not None else None for r, s in zip(results, stops, strict=True)
+            ],
             "target_rounds": target_rounds,
             "stop_minus_target_rounds": [
                 s - t if s is not None and t is not None else None for s, t in zip(stops, target_rounds, strict=True)
             ],
+            "audit_rounds": [r["audit"]["round"] for r in results],
             "automation": _mean([r["audit"]["automation"] for r in results]),
             "auto_label_accuracy": _mean([r["audit"]["auto_label_accuracy"] for r in results]),
+            "audit_mean_dice": _mean([r["audit"]["audit_mean_dice"] for r in results]),
             "labels_per_round": per_round,
         }
     random_labels = summary.get("random", {}).get("labels_to_target")
@@ -85,8 +108,8 @@ def plot(runs: dict[str, list[dict[str, Any]]], full_dice: float, path: Path) ->
         mean, sd = curves.mean(axis=0), curves.std(axis=0)
         (line,) = ax.plot(x * 100, mean, marker="o", label=strategy)
         ax.fill_between(x * 100, mean - sd, mean + sd, alpha=0.15, color=line.get_color())
-        stops = [r["summary"]["stop_round"] for r in results if r["summary"]["stop_round"] is not None]
-        for stop in stops:
+        stops = [stop_round(r["rounds"], r["config"]["per_round"]) for r in results]
+        for stop in (s for s in stops if s is not None):
             ax.axvline(x[stop] * 100, color=line.get_color(), linestyle=":", alpha=0.5)
     ax.axhline(full_dice, color="black", label=f"full data ({full_dice:.3f})")
     ax.axhline(TARGET * full_dice, color="gray", linestyle="--", label=f"{TARGET:.0%} of full data")
@@ -99,18 +122,54 @@ def plot(runs: dict[str, list[dict[str, Any]]], full_dice: float, path: Path) ->
     fig.savefig(path, dpi=120)
 
 
+def run_cached(
+    images: Mapping[str, Path],
+    truths: Mapping[str, Path],
+    *,
+    settings: Settings,
+    config: SimulationConfig,
+    volumes: Mapping[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """One simulation, read from the run cache when the same settings already ran."""
+    key = json.dumps({"config": asdict(config), "network": settings.network.to_dict()}, sort_keys=True)
+    path = RUNS / f"{config.strategy}-seed{config.seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    started = time.perf_counter()
+    result = simulate(
+        images,
+        truths,
+        labels=settings.labels,
+        preset=settings.preset,
+        spec=settings.network,
+        config=config,
+        volumes=volumes,
+    )
+    result["seconds"] = time.perf_counter() - started
+    RUNS.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(path)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
     parser.add_argument("--initial", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--epochs-per-round", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs-per-round", type=int, default=4)
     parser.add_argument("--steps-per-epoch", type=int, default=25)
-    parser.add_argument("--mc-samples", type=int, default=4)
+    parser.add_argument("--mc-samples", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS / "al-hippocampus.json")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     images, truths = pair_cases(DATA / "imagesTr", DATA / "labelsTr")
     settings = load_settings({"labels": LABELS, "modality": "mr"}, studies=str(DATA), app_dir=str(DATA))
@@ -129,17 +188,8 @@ def main() -> None:
     began = time.perf_counter()
     for seed in args.seeds:
         for strategy in [FULL_DATA, *args.strategies]:
-            started = time.perf_counter()
-            result = simulate(
-                images,
-                truths,
-                labels=settings.labels,
-                preset=settings.preset,
-                spec=settings.network,
-                config=SimulationConfig(strategy=strategy, seed=seed, **base),
-                volumes=volumes,
-            )
-            result["seconds"] = time.perf_counter() - started
+            config = SimulationConfig(strategy=strategy, seed=seed, **base)
+            result = run_cached(images, truths, settings=settings, config=config, volumes=volumes)
             (full if strategy == FULL_DATA else runs.setdefault(strategy, [])).append(result)
             print(
                 f"{strategy} seed {seed}: final Dice {result['summary']['final_test_mean_dice']:.3f} "

@@ -117,7 +117,12 @@ KEYS: dict[str, Key] = {
     "retrain_after": Key("10", int, "start training after this many new labels (0: only on request)"),
     "lease_seconds": Key("1800", _positive_int, "how long a served volume stays reserved for its client"),
     "stop_window": Key("5", _positive_int, "submissions per round when the stop rule judges a plateau"),
-    "stop_min_agreement": Key("0.8", _fraction, "agreement (Dice of pre-segmentation vs submission) needed to stop"),
+    "stop_min_agreement": Key(
+        "0.8", _fraction, "agreement (Dice of pre-segmentation vs submission) that stops labeling on a plateau"
+    ),
+    "stop_max_gap": Key(
+        "0.05", _fraction, "stop once agreement is within this of validation Dice (the picks have caught up)"
+    ),
 }
 
 
@@ -143,6 +148,7 @@ class Settings:
     preload: bool
     stop_window: int
     stop_min_agreement: float
+    stop_max_gap: float
     lease_seconds: int
     retrain_after: int
 
@@ -264,6 +270,7 @@ def load_settings(
         preload=values["preload"],
         stop_window=values["stop_window"],
         stop_min_agreement=values["stop_min_agreement"],
+        stop_max_gap=values["stop_max_gap"],
         lease_seconds=values["lease_seconds"],
         retrain_after=values["retrain_after"],
     )

@@ -30,7 +30,7 @@ def status() -> dict[str, Any]:
         model_store=instance.model_store,
         score_store=instance.score_store,
         submissions=instance.submissions,
-        stop_rule=StopRule(min_agreement=instance.settings.stop_min_agreement),
+        stop_rule=StopRule(min_agreement=instance.settings.stop_min_agreement, max_gap=instance.settings.stop_max_gap),
         stop_window=instance.settings.stop_window,
         training_running=bool(processes("train")),
     )

@@ -3,7 +3,9 @@
 The signals per round are the agreement between the model's pre-segmentation and what the
 expert submitted (mean Dice over the round's new labels), the validation Dice on labeled
 data, and the mean uncertainty of the unlabeled pool.  Labeling stops paying once the
-experts mostly confirm the model and neither agreement nor validation Dice still improves.
+experts mostly confirm the model: either the volumes the strategy now picks (the ones it finds
+hardest) are segmented about as well as the labeled validation volumes, or agreement is high
+and neither it nor validation Dice still improves.
 """
 
 from __future__ import annotations
@@ -38,17 +40,30 @@ class StopDecision:
 
 @dataclass(frozen=True)
 class StopRule:
-    """Stop when agreement is high and both agreement and validation Dice have plateaued.
+    """Stop when the model's picks have caught up with its validation Dice, or on a high plateau.
+
+    Two ways to stop, both judged on the latest round of submissions:
+
+    * caught up: agreement is at least ``floor`` and within ``max_gap`` of the validation Dice.
+      Uncertainty strategies pick the volumes the model finds hardest, so their agreement sits
+      below validation Dice until the model has no weak spots left; an absolute agreement
+      threshold never fires where the achievable Dice is itself below it.
+    * plateau: agreement is at least ``min_agreement`` and neither agreement nor validation
+      Dice improved by ``min_gain`` over the last ``patience`` rounds.
 
     Attributes:
-        min_agreement: agreement (Dice of pre-segmentation vs submission) needed to stop.
+        min_agreement: agreement (Dice of pre-segmentation vs submission) needed for a plateau stop.
         min_gain: a signal whose improvement per round is below this has plateaued.
         patience: consecutive plateaued rounds required.
+        max_gap: validation Dice minus agreement at or below which the picks have caught up.
+        floor: agreement below which the rule never stops, however small the gap.
     """
 
     min_agreement: float = 0.8
     min_gain: float = 0.01
     patience: int = 1
+    max_gap: float = 0.05
+    floor: float = 0.7
 
     def evaluate(self, history: Sequence[RoundSignals], *, per_round: int) -> StopDecision:
         """Decide from the signals of every round so far (oldest first)."""
@@ -60,6 +75,14 @@ class StopRule:
         val_gains = [_gain(a.val_dice, b.val_dice) for a, b in itertools.pairwise(rounds)]
         recent, recent_val = gains[-self.patience :], val_gains[-self.patience :]
         plateau = all(g < self.min_gain for g in recent) and all(g < self.min_gain for g in recent_val)
+        val_dice = rounds[-1].val_dice
+        if val_dice is not None and agreement >= self.floor and val_dice - agreement <= self.max_gap:
+            return StopDecision(
+                True,
+                f"agreement {agreement:.3f} is within {self.max_gap} of validation Dice {val_dice:.3f}: "
+                "the volumes the model finds hardest are segmented about as well as the labeled ones",
+                0,
+            )
         if agreement >= self.min_agreement and plateau:
             return StopDecision(
                 True,
@@ -69,7 +92,8 @@ class StopRule:
             )
         needed = _labels_until_plateau(gains, min_gain=self.min_gain, per_round=per_round)
         if agreement < self.min_agreement:
-            reason = f"agreement {agreement:.3f} is below {self.min_agreement}"
+            gap = "" if val_dice is None else f" and {val_dice - agreement:.3f} below validation Dice"
+            reason = f"agreement {agreement:.3f} is below {self.min_agreement}{gap}"
         else:
             reason = f"agreement still improves by {gains[-1]:.3f} per round"
         return StopDecision(False, reason, needed)
@@ -117,3 +141,11 @@ def signals_from_submissions(
             )
         )
     return rounds
+
+
+def replay(rule: StopRule, history: Sequence[RoundSignals], *, per_round: int) -> int | None:
+    """Index of the first round of ``history`` at which ``rule`` stops, or ``None``."""
+    return next(
+        (i for i in range(len(history)) if rule.evaluate(history[: i + 1], per_round=per_round).stop),
+        None,
+    )
