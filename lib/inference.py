@@ -6,6 +6,9 @@ outputs are ``(C, *spatial)`` softmax probabilities on the same grid.
 
 from __future__ import annotations
 
+import os
+import threading
+
 import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
@@ -26,6 +29,32 @@ def load_model(store: ModelStore, *, device: str = "cpu") -> tuple[nn.Module, Mo
     network = build_network(NetworkSpec.from_dict(info.spec))
     network.load_state_dict(state)
     return network.to(device).eval(), info
+
+
+class PublishedModel:
+    """The store's current network, reloaded only when a newer checkpoint is published.
+
+    Thread-safe, so server endpoints running in a thread pool share one loaded copy.
+
+    Args:
+        store: the model's checkpoint store.
+        device: where the network runs.
+    """
+
+    def __init__(self, store: ModelStore, *, device: str = "cpu") -> None:
+        self.store = store
+        self.device = device
+        self._lock = threading.Lock()
+        self._cached: tuple[nn.Module, ModelInfo, int] | None = None
+
+    def get(self) -> tuple[nn.Module, ModelInfo]:
+        """The network in eval mode and its info."""
+        with self._lock:
+            stamp = os.stat(self.store.checkpoint_path).st_mtime_ns
+            if self._cached is None or self._cached[2] != stamp:
+                network, info = load_model(self.store, device=self.device)
+                self._cached = (network, info, stamp)
+            return self._cached[0], self._cached[1]
 
 
 def _batch(image: torch.Tensor, device: str | torch.device) -> torch.Tensor:
@@ -87,15 +116,10 @@ def embed_volume(network: nn.Module, image: torch.Tensor, inferer: SlidingWindow
 
 
 @torch.no_grad()
-def mc_dropout_uncertainty(
-    network: nn.Module,
-    image: torch.Tensor,
-    inferer: SlidingWindowInferer,
-    *,
-    samples: int,
-    dilation: int = 3,
-) -> tuple[VolumeUncertainty, torch.Tensor]:
-    """Epistemic uncertainty and bottleneck embedding of one volume from MC-dropout passes.
+def mc_dropout_samples(
+    network: nn.Module, image: torch.Tensor, inferer: SlidingWindowInferer, *, samples: int
+) -> tuple[SampleAccumulator, torch.Tensor]:
+    """Running statistics of ``samples`` MC-dropout passes over one volume, and its embedding.
 
     Only dropout layers sample; normalization layers stay in eval mode.  Samples are folded
     into running statistics, so memory does not grow with ``samples``.  The embedding is
@@ -110,4 +134,17 @@ def mc_dropout_uncertainty(
         for _ in range(samples):
             logits = inferer(batch, network)
             accumulator.add(torch.softmax(torch.as_tensor(logits), dim=1)[0].cpu())
-    return accumulator.result(dilation=dilation), features.mean()
+    return accumulator, features.mean()
+
+
+def mc_dropout_uncertainty(
+    network: nn.Module,
+    image: torch.Tensor,
+    inferer: SlidingWindowInferer,
+    *,
+    samples: int,
+    dilation: int = 3,
+) -> tuple[VolumeUncertainty, torch.Tensor]:
+    """Epistemic uncertainty (aggregated over the dilated foreground) and embedding of one volume."""
+    accumulator, embedding = mc_dropout_samples(network, image, inferer, samples=samples)
+    return accumulator.result(dilation=dilation), embedding

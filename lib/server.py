@@ -6,20 +6,14 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from monailabel.app import app
-from monailabel.interfaces.utils.app import app_instance
-from monailabel.utils.async_tasks.utils import processes
 
+from activelabel.routes_uncertainty import router as uncertainty_router
+from activelabel.served_app import activelabel_app as _activelabel_app
 from activelabel.simulation.stop_rule import StopRule
 from activelabel.status import project_status
+from activelabel.task_guard import OneTaskAtATime, task_pending
 
 router = APIRouter(prefix="/activelabel", tags=["ActiveLabel"])
-
-
-def _activelabel_app() -> Any:
-    instance = app_instance()
-    if not all(hasattr(instance, n) for n in ("model_store", "score_store", "submissions", "leases", "settings")):
-        raise HTTPException(status_code=501, detail="the served MONAI Label app is not an ActiveLabel app")
-    return instance
 
 
 @router.get("/status", summary="Labeling progress, current model and score freshness")
@@ -32,7 +26,7 @@ def status() -> dict[str, Any]:
         submissions=instance.submissions,
         stop_rule=StopRule(min_agreement=instance.settings.stop_min_agreement, max_gap=instance.settings.stop_max_gap),
         stop_window=instance.settings.stop_window,
-        training_running=bool(processes("train")),
+        training_running=task_pending("train"),
     )
 
 
@@ -48,5 +42,7 @@ def skip(image: str, client_id: str = "anonymous") -> dict[str, Any]:
 
 
 app.include_router(router)
+app.include_router(uncertainty_router)
+app.add_middleware(OneTaskAtATime)
 
 __all__ = ["app", "router"]

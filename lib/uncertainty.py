@@ -178,8 +178,8 @@ class SampleAccumulator:
         total, _, _ = self._require()
         return (total / self.count).float()
 
-    def result(self, *, dilation: int = 3) -> VolumeUncertainty:
-        """Aggregate like :func:`volume_uncertainty` over the samples added so far."""
+    def voxel_maps(self) -> dict[UncertaintyMetric, torch.Tensor]:
+        """Every metric's ``(*spatial)`` voxel map over the samples added so far."""
         total, total_sq, total_entropy = self._require()
         n = self.count
         mean = total / n
@@ -189,13 +189,23 @@ class SampleAccumulator:
             var_map = ((total_sq - n * mean**2) / (n - 1)).clamp_min(0.0).mean(dim=0)
         else:
             var_map = torch.zeros_like(entropy_map)
-        mask = foreground_mask(mean, dilation=dilation)
+        return {
+            UncertaintyMetric.ENTROPY: entropy_map,
+            UncertaintyMetric.MUTUAL_INFORMATION: mi_map,
+            UncertaintyMetric.VARIANCE: var_map,
+        }
+
+    def result(self, *, dilation: int = 3) -> VolumeUncertainty:
+        """Aggregate like :func:`volume_uncertainty` over the samples added so far."""
+        maps = self.voxel_maps()
+        total, _, _ = self._require()
+        mask = foreground_mask(total / self.count, dilation=dilation)
         return VolumeUncertainty(
-            entropy=aggregate(entropy_map, mask),
-            mutual_information=aggregate(mi_map, mask),
-            variance=aggregate(var_map, mask),
+            entropy=aggregate(maps[UncertaintyMetric.ENTROPY], mask),
+            mutual_information=aggregate(maps[UncertaintyMetric.MUTUAL_INFORMATION], mask),
+            variance=aggregate(maps[UncertaintyMetric.VARIANCE], mask),
             foreground_fraction=float(mask.float().mean()),
-            samples=n,
+            samples=self.count,
         )
 
 

@@ -145,6 +145,23 @@ def test_presegmentation_is_on_the_image_grid_and_kept_as_the_original_label(
     assert (served.studies / "labels" / "original" / f"{image_id}.nii.gz").is_file()
 
 
+def test_the_uncertainty_overlay_is_a_float_map_on_the_image_grid(
+    session: LabelingSession, served: ServerProcess
+) -> None:
+    started = session.seconds_on_sample()
+    overlay = session.uncertainty_map()
+    image_id = session.sample.image_id
+    served_map, image = nib.load(overlay.map_file), nib.load(served.studies / f"{image_id}.nii.gz")
+    assert overlay.image_id == image_id
+    assert served_map.shape == image.shape
+    np.testing.assert_allclose(served_map.affine, image.affine, atol=1e-4)
+    assert served_map.get_data_dtype() == np.float32
+    assert (overlay.metric, overlay.model_version) == (DEFAULT_METRIC, 0)
+    assert overlay.text.startswith(f"{DEFAULT_METRIC} map of {image_id} from model v0")
+    assert session.seconds_on_sample() >= started  # looking at the map does not reset the clock
+    assert session.uncertainty_map(metric="variance").metric == "variance"
+
+
 def test_submitting_an_edited_mask_stores_it_with_author_and_time_spent(
     session: LabelingSession, served: ServerProcess, clock: ManualClock, flow: dict[str, object], tmp_path: Path
 ) -> None:
@@ -311,6 +328,12 @@ def test_an_unknown_image_is_refused_with_404(session: LabelingSession) -> None:
     with pytest.raises(ActiveLabelError, match="answered 404") as missing:
         session.client.download_image("no_such_image")
     assert missing.value.status == 404
+
+
+def test_an_uncertainty_map_of_an_unknown_image_is_refused_with_404(session: LabelingSession) -> None:
+    with pytest.raises(ActiveLabelError, match="unknown image id 'no-such-image'") as raised:
+        session.client.uncertainty_map("no-such-image")
+    assert raised.value.status == 404
 
 
 def test_a_server_that_is_down_gives_a_readable_one_line_error(tmp_path: Path) -> None:

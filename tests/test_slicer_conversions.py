@@ -214,6 +214,17 @@ def test_a_right_handed_nifti_volume_loads_with_its_affine_as_ijk_to_ras(scene: 
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), to_slicer_order(data))
 
 
+def test_an_uncertainty_map_loads_as_a_coloured_overlay_spanning_its_range(scene: Any, tmp_path: Path) -> None:
+    data = np.linspace(0.0, 0.7, 12 * 10 * 8, dtype=np.float32).reshape(12, 10, 8)
+    path = tmp_path / "uncertainty.nii.gz"
+    nib.save(nib.Nifti1Image(data, _right_handed(_oblique_affine())), str(path))
+    overlay = nodes.read_overlay(scene, path, name="uncertainty")
+    display = overlay.GetDisplayNode()
+    assert display.GetColorNodeID() == nodes.OVERLAY_COLORS
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == pytest.approx((0.0, 0.7), abs=1e-4)
+    np.testing.assert_allclose(nodes.volume_geometry(overlay).ijk_to_ras, _right_handed(_oblique_affine()), atol=1e-4)
+
+
 def test_a_left_handed_image_gets_its_label_back_on_its_own_grid(scene: Any, tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     image_path, label_path = tmp_path / "las.nii.gz", tmp_path / "las_label.nii.gz"

@@ -185,12 +185,12 @@ def test_every_widget_the_module_and_the_view_use_exists_in_the_panel(panel: QWi
     assert missing == []
 
 
-def test_the_uncertainty_overlay_is_disabled_until_the_server_supports_it(panel: QWidget) -> None:
+def test_the_uncertainty_overlay_can_be_switched_on_once_connected(panel: QWidget) -> None:
     box = panel.findChild(QWidget, "uncertaintyMapCheckBox")
-    assert not box.isEnabled()
-    assert box.toolTip().startswith("needs server support")
-    assert UNCERTAINTY_MAP_TOOLTIP.startswith("needs server support")
-    assert panel_view(**_labeling_state()).enabled["uncertaintyMapCheckBox"] is False
+    assert box.toolTip() == UNCERTAINTY_MAP_TOOLTIP
+    assert panel_view(**_labeling_state()).enabled["uncertaintyMapCheckBox"] is True
+    assert panel_view(**{**_labeling_state(), "busy": True}).enabled["uncertaintyMapCheckBox"] is False
+    assert panel_view(**{**_labeling_state(), "summary": None}).enabled["uncertaintyMapCheckBox"] is False
 
 
 def test_the_panel_renders_a_labeling_session(panel: QWidget, tmp_path: Path) -> None:

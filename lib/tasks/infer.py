@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,7 +13,7 @@ from torch import nn
 
 from activelabel.checkpoints import ModelStore
 from activelabel.config import Settings
-from activelabel.inference import load_model, sliding_window
+from activelabel.inference import PublishedModel, sliding_window
 from activelabel.networks import build_network
 from activelabel.transforms import channels_to_label_values, inference_transforms
 
@@ -36,7 +35,7 @@ class SegmentationInfer(BasicInferTask):
         self.settings = settings
         self.store = store
         self._pre = inference_transforms(settings.preset)
-        self._loaded: dict[str, tuple[nn.Module, int, float]] = {}
+        self._loaded: dict[str, PublishedModel] = {}
         super().__init__(
             path=str(store.checkpoint_path),
             network=build_network(settings.network),
@@ -73,15 +72,11 @@ class SegmentationInfer(BasicInferTask):
 
     def _get_network(self, device: str, data: dict[str, Any] | None) -> nn.Module:
         """The published network, reloaded when the checkpoint file changes."""
-        stamp = os.stat(self.store.checkpoint_path).st_mtime_ns
-        cached = self._loaded.get(device)
-        if cached is None or cached[2] != stamp:
-            network, info = load_model(self.store, device=device)
-            cached = (network, info.version, stamp)
-            self._loaded[device] = cached
+        published = self._loaded.setdefault(device, PublishedModel(self.store, device=device))
+        network, info = published.get()
         if data is not None:
-            data["model_version"] = cached[1]
-        return cached[0]
+            data["model_version"] = info.version
+        return network
 
     def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
         label, result = super().writer(data, extension=extension, dtype=dtype)

@@ -23,7 +23,15 @@ from ActiveLabelLib.client import ActiveLabelClient
 from ActiveLabelLib.conversions import nifti_geometry
 from ActiveLabelLib.errors import ActiveLabelError
 from ActiveLabelLib.panel import UNCERTAINTY_MAP_TOOLTIP, panel_view
-from ActiveLabelLib.session import LabelingSession, PreSegmentation, Sample, Skip, Submission, TaskProgress
+from ActiveLabelLib.session import (
+    LabelingSession,
+    PreSegmentation,
+    Sample,
+    Skip,
+    Submission,
+    TaskProgress,
+    UncertaintyOverlay,
+)
 from ActiveLabelLib.settings import Settings
 from ActiveLabelLib.worker import BackgroundCalls
 from slicer.ScriptedLoadableModule import (
@@ -96,7 +104,6 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
         self.calls = BackgroundCalls(name="activelabel-calls")
         self.polls = BackgroundCalls(name="activelabel-polls")
         self.ui.segmentEditorWidget.setMRMLScene(slicer.mrmlScene)
-        self.ui.uncertaintyMapCheckBox.enabled = False
         self.ui.uncertaintyMapCheckBox.toolTip = UNCERTAINTY_MAP_TOOLTIP
         self._load_settings()
 
@@ -110,6 +117,7 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
         self.ui.scoreButton.connect("clicked(bool)", lambda _checked: self.on_score())
         for box in (self.ui.autoSegmentCheckBox, self.ui.autoFetchCheckBox):
             box.connect("toggled(bool)", lambda _checked: self._save_settings())
+        self.ui.uncertaintyMapCheckBox.connect("toggled(bool)", self.on_uncertainty_toggled)
 
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MILLISECONDS)
@@ -163,6 +171,29 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
             self.on_segment()
         else:
             self._edit(self.logic.ensure_segmentation())
+        if self.ui.uncertaintyMapCheckBox.checked:
+            self.on_uncertainty_map()
+
+    def on_uncertainty_toggled(self, checked: bool) -> None:
+        self._save_settings()
+        session = self._session(quiet=True)
+        if not checked:
+            self.logic.hide_overlay()
+        elif session is not None and session.sample is not None:
+            self.on_uncertainty_map()
+
+    def on_uncertainty_map(self) -> None:
+        session = self._session()
+        if session is not None:
+            self.run("Computing the uncertainty map on the server…", session.uncertainty_map, self.on_overlay)
+
+    def on_overlay(self, overlay: UncertaintyOverlay) -> None:
+        session = self._session(quiet=True)
+        if session is None or session.sample is None or session.sample.image_id != overlay.image_id:
+            return  # the user moved on to another sample meanwhile
+        if self.ui.uncertaintyMapCheckBox.checked:
+            self.logic.show_overlay(overlay)
+            self.show_message(overlay.text)
 
     def on_segment(self) -> None:
         session = self._session()
@@ -292,6 +323,7 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
         self.ui.userLineEdit.text = self.settings.user
         self.ui.autoSegmentCheckBox.checked = self.settings.auto_segment
         self.ui.autoFetchCheckBox.checked = self.settings.auto_fetch_next
+        self.ui.uncertaintyMapCheckBox.checked = self.settings.show_uncertainty_map
 
     def _fill_server_history(self) -> None:
         box = self.ui.serverComboBox
@@ -306,6 +338,7 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
             user=self.ui.userLineEdit.text.strip(),
             auto_segment=bool(self.ui.autoSegmentCheckBox.checked),
             auto_fetch_next=bool(self.ui.autoFetchCheckBox.checked),
+            show_uncertainty_map=bool(self.ui.uncertaintyMapCheckBox.checked),
         )
         self.settings.save(self.store)
 
@@ -323,6 +356,7 @@ class ActiveLabelLogic(ScriptedLoadableModuleLogic):
         self.session: LabelingSession | None = None
         self.volume: Any = None
         self.segmentation: Any = None
+        self.overlay: Any = None
         self._editor_node: Any = None
 
     def open_session(self, url: str, *, user: str) -> LabelingSession:
@@ -337,6 +371,18 @@ class ActiveLabelLogic(ScriptedLoadableModuleLogic):
         self.volume = nodes.read_volume(self.scene, sample.image_file, name=sample.image_id)
         slicer.util.setSliceViewerLayers(background=self.volume, foreground=None, label=None, fit=True)
         return self.volume
+
+    def show_overlay(self, overlay: UncertaintyOverlay, *, opacity: float = 0.4) -> Any:
+        """Show the voxel uncertainty map as the slice views' foreground layer over the image."""
+        self.hide_overlay()
+        self.overlay = nodes.read_overlay(self.scene, overlay.map_file, name=f"{overlay.image_id} uncertainty")
+        slicer.util.setSliceViewerLayers(foreground=self.overlay, foregroundOpacity=opacity)
+        return self.overlay
+
+    def hide_overlay(self) -> None:
+        """Remove the uncertainty overlay (the image and segmentation stay)."""
+        nodes.remove_nodes(self.scene, self.overlay)
+        self.overlay = None
 
     def show_presegmentation(self, presegmentation: PreSegmentation) -> Any:
         """Load the server's segmentation as named, coloured segments over the image."""
@@ -385,7 +431,8 @@ class ActiveLabelLogic(ScriptedLoadableModuleLogic):
         return self._editor_node
 
     def clear_sample(self) -> None:
-        """Remove the sample's image and segmentation from the scene."""
+        """Remove the sample's image, segmentation and overlay from the scene."""
+        self.hide_overlay()
         self._remove_segmentation()
         nodes.remove_nodes(self.scene, self.volume)
         self.volume = None
@@ -439,6 +486,10 @@ class ActiveLabelTest(ScriptedLoadableModuleTest):
         segmentation = logic.show_presegmentation(session.segment())
         names = session.presegmentation.label_names
         assert segmentation.GetSegmentation().GetNumberOfSegments() == len(names), "one segment per label expected"
+
+        overlay = session.uncertainty_map()
+        overlay_node = logic.show_overlay(overlay)
+        assert overlay_node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions(), "map off-grid"
 
         first = next(iter(names))
         masks = nodes.segment_masks(logic.scene, segmentation, reference=volume)

@@ -13,7 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import multipart
@@ -33,6 +33,7 @@ class Answer:
     content_type: str
     body: bytes
     disposition: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> Any:
         """The body parsed as JSON."""
@@ -46,6 +47,15 @@ class Answer:
         """The file name from ``Content-Disposition`` (empty when there is none)."""
         match = _FILENAME.search(self.disposition)
         return urllib.parse.unquote(match.group(1)) if match else ""
+
+
+@dataclass(frozen=True)
+class UncertaintyMapAnswer:
+    """A volume's voxel uncertainty map (float NIfTI on the image's grid)."""
+
+    file: multipart.FilePart
+    metric: str
+    model_version: int | None
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,27 @@ class ActiveLabelClient:
         except ValueError:
             params_out = {}
         return InferAnswer(label=label, params=params_out if isinstance(params_out, dict) else {})
+
+    def uncertainty_map(self, image_id: str, *, metric: str | None = None) -> UncertaintyMapAnswer:
+        """``GET /activelabel/uncertainty-map?image=ID``: the current model's voxel uncertainty.
+
+        Raises:
+            ActiveLabelError: also when the server does not serve maps (plain MONAI Label).
+        """
+        query = {"image": image_id, **({"metric": metric} if metric else {})}
+        action = "Fetching the uncertainty map"
+        try:
+            answer = self._call("GET", "/activelabel/uncertainty-map", query=query, action=action)
+        except ActiveLabelError as error:
+            if error.status == 501 or (error.status == 404 and error.detail == "Not Found"):
+                raise ActiveLabelError(f"{action} failed: this server does not serve uncertainty maps") from None
+            raise
+        version = answer.headers.get("x-model-version", "")
+        return UncertaintyMapAnswer(
+            file=multipart.FilePart(answer.filename or f"{image_id}_uncertainty.nii.gz", answer.body),
+            metric=answer.headers.get("x-uncertainty-metric", metric or ""),
+            model_version=int(version) if version.isdigit() else None,
+        )
 
     def save_label(
         self,
@@ -213,6 +244,7 @@ class ActiveLabelClient:
                     content_type=response.headers.get("Content-Type", ""),
                     body=response.read(),
                     disposition=response.headers.get("Content-Disposition", ""),
+                    headers={key.lower(): value for key, value in response.headers.items()},
                 )
         except urllib.error.HTTPError as error:
             raise ActiveLabelError.from_http(action, error.code, error.read()) from None

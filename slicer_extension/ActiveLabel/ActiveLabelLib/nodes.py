@@ -29,6 +29,9 @@ from .errors import ActiveLabelError
 
 _TEMP = "__activelabel_temp__"
 
+OVERLAY_COLORS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+"""Slicer's built-in colour table for the uncertainty overlay (blue: sure, red: unsure)."""
+
 
 def read_volume(scene: Any, path: str | Path, *, name: str, label: bool = False, display: bool = True) -> Any:
     """A scalar (or, with ``label``, label map) volume node read from a NIfTI/NRRD file."""
@@ -41,6 +44,20 @@ def read_volume(scene: Any, path: str | Path, *, name: str, label: bool = False,
         raise ActiveLabelError(f"Slicer could not read the volume file {Path(path).name}")
     if display:
         node.CreateDefaultDisplayNodes()
+    return node
+
+
+def read_overlay(scene: Any, path: str | Path, *, name: str) -> Any:
+    """A float map (e.g. voxel uncertainty) as a scalar volume coloured for overlaying.
+
+    The window spans the map's own range, so the most uncertain voxels are the reddest.
+    """
+    node = read_volume(scene, path, name=name)
+    display = node.GetDisplayNode()
+    display.SetAndObserveColorNodeID(OVERLAY_COLORS)
+    low, high = node.GetImageData().GetScalarRange()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(low, high if high > low else low + 1e-6)
     return node
 
 

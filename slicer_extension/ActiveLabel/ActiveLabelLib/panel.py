@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 
 from .session import PreSegmentation, Sample, ServerSummary, Submission, TaskProgress, format_duration
 
-UNCERTAINTY_MAP_TOOLTIP = "needs server support: the server does not serve voxel uncertainty maps yet"
+UNCERTAINTY_MAP_TOOLTIP = (
+    "Overlay the current model's voxel uncertainty (the server's metric) on the image: "
+    "red where the model is unsure, the places worth checking first"
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def panel_view(
         "trainButton": connected and not busy and not task_running,
         "stopTrainingButton": connected and task_running and task is not None and task.kind == "train",
         "scoreButton": connected and not busy and not task_running and bool(summary and summary.scoring_methods),
-        "uncertaintyMapCheckBox": False,
+        "uncertaintyMapCheckBox": connected and not busy,
     }
     return PanelView(texts=texts, enabled=enabled)
 

@@ -197,6 +197,21 @@ class TaskProgress:
         return f"{self.kind}: {self.state}{last}"
 
 
+@dataclass(frozen=True)
+class UncertaintyOverlay:
+    """The voxel uncertainty map of the sample, ready to show over the image."""
+
+    image_id: str
+    map_file: Path
+    metric: str
+    model_version: int | None
+
+    @property
+    def text(self) -> str:
+        version = f"model v{self.model_version}" if self.model_version is not None else "the model"
+        return f"{self.metric or 'uncertainty'} map of {self.image_id} from {version}: bright = unsure"
+
+
 class LabelingSession:
     """One user's labeling loop against one server.
 
@@ -298,6 +313,16 @@ class LabelingSession:
         self.presegmentation = PreSegmentation(path, names, version if isinstance(version, int) else None)
         self._started_at = self.clock()
         return self.presegmentation
+
+    def uncertainty_map(self, *, metric: str | None = None) -> UncertaintyOverlay:
+        """The server's voxel uncertainty map of the sample (the server's default metric if ``None``).
+
+        The clock keeps running: looking at the map is part of the work on the sample.
+        """
+        sample = self._current()
+        answer = self.client.uncertainty_map(sample.image_id, metric=metric)
+        path = self._write(f"{sample.image_id}_uncertainty{_extension(answer.file.filename)}", answer.file.content)
+        return UncertaintyOverlay(sample.image_id, path, answer.metric, answer.model_version)
 
     def seconds_on_sample(self) -> float:
         """Seconds since the sample (or its pre-segmentation) was shown; 0 without a sample."""

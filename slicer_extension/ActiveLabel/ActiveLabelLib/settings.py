@@ -56,6 +56,7 @@ class Settings:
         strategy: the active-learning strategy that picks the next sample.
         auto_fetch_next: after a submission, fetch the next sample at once.
         auto_segment: run the server's segmentation when a sample is loaded.
+        show_uncertainty_map: fetch the sample's voxel uncertainty map and overlay it.
     """
 
     server_url: str = "http://127.0.0.1:8000"
@@ -64,6 +65,7 @@ class Settings:
     strategy: str = "most_uncertain"
     auto_fetch_next: bool = True
     auto_segment: bool = True
+    show_uncertainty_map: bool = False
 
     PREFIX = "ActiveLabel/"
 
