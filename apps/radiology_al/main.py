@@ -29,6 +29,7 @@ from activelabel.strategies.diverse import DiverseUncertain
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
 from activelabel.submissions import SubmissionLog, label_agreement
+from activelabel.task_guard import task_pending
 from activelabel.tasks.datastore import ValidatingDatastore
 from activelabel.tasks.infer import SegmentationInfer
 from activelabel.tasks.scoring import EpistemicScoring
@@ -105,7 +106,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
 
         MONAI Label refuses a second train task while one runs, so training never runs twice.
         """
-        if self.settings.retrain_after <= 0 or not self._server_mode:
+        if self.settings.retrain_after <= 0 or not self._server_mode or task_pending("train"):
             return
         model = self.model_store.info()
         trained_on = (model.train_count + model.val_count) if model else 0
