@@ -2,7 +2,7 @@
 #   make install   create .venv and install everything (quick when up to date)
 #   make serve     install, generate the sample datastore if absent, start the server
 #   make test      install and run the whole test suite
-#   make bench     install and run the foundation benchmark (prints figures, writes bench/results/*.json)
+#   make bench     install and run the foundation benchmark and the 10-minute load test (prints figures, writes bench/results/*.json)
 #   make bench-al  install and run the active-learning comparison on the hippocampus MRI
 #   make lint      ruff check + ruff format --check
 
@@ -43,6 +43,7 @@ test: install
 
 bench: install
 	$(PY) bench/foundation.py
+	$(PY) bench/load.py
 
 # Label efficiency on the MSD hippocampus MRI: every strategy, 3 seeds (hours on 2 CPU cores).
 bench-al: install
