@@ -5,6 +5,8 @@
 #   make bench     install and run the foundation benchmark and the 10-minute load test (prints figures, writes bench/results/*.json)
 #   make bench-al  install and run the active-learning comparison on the hippocampus MRI
 #   make lint      ruff check + ruff format --check
+#   make pacs      install Orthanc (apt) if missing, start it on 127.0.0.1:8042 and load the sample DICOM
+#   make pacs-stop stop that Orthanc
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,8 +15,12 @@ STAMP := $(VENV)/.install-stamp
 STUDIES ?= sample-data/studies
 HOST ?= 127.0.0.1
 PORT ?= 8000
+PACS_DATA ?= sample-data/pacs
+PACS_PORT ?= 8042
+DICOM ?= sample-data/dicom
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test bench bench-al lint format sample-data clean
+.PHONY: install serve test bench bench-al lint format sample-data clean pacs pacs-stop orthanc-deps
 
 install: $(STAMP)
 
@@ -38,8 +44,28 @@ sample-data: $(STUDIES)/.generated
 serve: install sample-data
 	$(VENV)/bin/activelabel serve --studies $(STUDIES) --host $(HOST) --port $(PORT)
 
+# The PACS tests need Orthanc; without it they fail (loudly), the other tests still run.
 test: install
+	@$(MAKE) --no-print-directory orthanc-deps || echo "warning: could not install Orthanc: the PACS tests will fail" >&2
 	$(PY) -m pytest
+
+# Debian's Orthanc and its DICOMweb plugin, installed only when missing.
+orthanc-deps:
+	@if [ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then :; else \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y orthanc orthanc-dicomweb; \
+	fi
+
+$(DICOM)/.generated: $(STUDIES)/.generated
+	$(VENV)/bin/activelabel data to-dicom --src $(STUDIES) --dest $(DICOM) --modality ct
+	touch $@
+
+# Orthanc on 127.0.0.1:$(PACS_PORT) (DICOMweb at /dicom-web), storage in $(PACS_DATA), sample series loaded.
+pacs: install sample-data orthanc-deps $(DICOM)/.generated
+	$(VENV)/bin/activelabel pacs start --data $(PACS_DATA) --port $(PACS_PORT)
+	$(VENV)/bin/activelabel pacs upload --port $(PACS_PORT) $(DICOM)
+
+pacs-stop:
+	$(VENV)/bin/activelabel pacs stop --data $(PACS_DATA)
 
 bench: install
 	$(PY) bench/foundation.py
@@ -58,4 +84,4 @@ format: install
 	$(VENV)/bin/ruff format .
 
 clean:
-	rm -rf $(VENV) $(STUDIES) build *.egg-info
+	rm -rf $(VENV) $(STUDIES) $(DICOM) build *.egg-info

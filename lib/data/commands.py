@@ -14,6 +14,7 @@ from pathlib import Path
 from activelabel.data.fetch import FetchError, fetch_msd_hippocampus
 from activelabel.data.layout import DatastoreError
 from activelabel.data.phantoms import generate_datastore
+from activelabel.data.to_dicom import datastore_to_dicom
 from activelabel.transforms import Modality
 
 USAGE_ERROR = 2
@@ -30,9 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="generate sample datastores or fetch public data sets",
         description="Generate deterministic phantom datastores or fetch public data sets as datastores.",
     )
-    actions = data.add_subparsers(dest="data_command", required=True, metavar="{generate,fetch}")
+    actions = data.add_subparsers(dest="data_command", required=True, metavar="{generate,fetch,to-dicom}")
     _add_generate(actions)
     _add_fetch(actions)
+    _add_to_dicom(actions)
 
 
 def _add_generate(actions: argparse._SubParsersAction) -> None:
@@ -67,6 +69,32 @@ def _add_fetch(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--downloads", type=Path, default=None, help="download folder (default: DEST/.downloads)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing volumes of the same ids")
     parser.set_defaults(func=run_fetch)
+
+
+def _add_to_dicom(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "to-dicom",
+        help="write a datastore's NIfTI volumes as DICOM series (for a PACS)",
+        description="Write each NIfTI volume of a datastore as one DICOM study with one CT or MR series.",
+    )
+    parser.add_argument("--src", type=Path, required=True, help="datastore folder with NIfTI volumes")
+    parser.add_argument("--dest", type=Path, required=True, help="output folder: one sub-folder per series")
+    parser.add_argument(
+        "--modality", choices=[m.value for m in Modality], default=Modality.CT.value, help="modality (default: ct)"
+    )
+    parser.add_argument("--count", type=int, default=None, help="convert only the first N volumes (default: all)")
+    parser.set_defaults(func=run_to_dicom)
+
+
+def run_to_dicom(args: argparse.Namespace) -> int:
+    """Handle ``data to-dicom``."""
+    try:
+        series = datastore_to_dicom(args.src, args.dest, modality=Modality(args.modality), count=args.count)
+    except OSError as exc:
+        return _fail(exc)
+    instances = sum(s.instances for s in series)
+    print(f"wrote {len(series)} {args.modality} series ({instances} instances) in {args.dest}")
+    return 0
 
 
 def run_generate(args: argparse.Namespace) -> int:
