@@ -28,7 +28,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch_command(launcher: str, studies: Path, port: int, conf: dict[str, str]) -> list[str]:
+def launch_command(launcher: str, studies: Path | str, port: int, conf: dict[str, str]) -> list[str]:
     """Argv of ``activelabel serve`` or of MONAI Label's own ``start_server`` with our app."""
     if launcher == "activelabel":
         command = [sys.executable, "-m", "activelabel.cli", "serve", "--studies", str(studies), "--port", str(port)]
@@ -47,7 +47,7 @@ class ServerProcess:
     """A running server: its URL, folders and log file."""
 
     url: str
-    studies: Path
+    studies: Path | str
     log: Path
     process: subprocess.Popen
     started_in: float
@@ -56,7 +56,7 @@ class ServerProcess:
     @property
     def state_dir(self) -> Path:
         """Where the server keeps scores and models (the ``state_dir`` setting or its default)."""
-        return Path(self.conf["state_dir"]) if "state_dir" in self.conf else self.studies / ".activelabel"
+        return Path(self.conf["state_dir"]) if "state_dir" in self.conf else Path(self.studies) / ".activelabel"
 
     def log_tail(self, lines: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -81,14 +81,14 @@ class ServerProcess:
 
 
 def start_server(
-    studies: Path,
+    studies: Path | str,
     *,
     log: Path,
     conf: dict[str, str] | None = None,
     launcher: str = "activelabel",
     timeout: float = 180.0,
 ) -> ServerProcess:
-    """Start a server on a free loopback port and wait until ``/info/`` answers 200.
+    """Start a server on a free loopback port and wait until ``/info/`` answers (200, or 401 with access control).
 
     Raises:
         ServerStartError: when the process exits or does not answer within ``timeout``.
@@ -107,7 +107,8 @@ def start_server(
         if process.poll() is not None:
             raise ServerStartError(f"server exited with {process.returncode}:\n{server.log_tail()}")
         try:
-            if requests.get(f"{server.url}/info/", timeout=5).status_code == 200:
+            # 401: the app answers, but access control is on (a users file was given).
+            if requests.get(f"{server.url}/info/", timeout=5).status_code in (200, 401):
                 server.started_in = time.perf_counter() - began
                 return server
         except requests.ConnectionError:

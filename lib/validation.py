@@ -22,6 +22,12 @@ _SPACING_RTOL = 1e-4
 _DIRECTION_ATOL = 1e-4
 _ORIGIN_VOXELS = 1e-2
 
+ACCEPTED_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+"""File types an upload may have: single-file volume formats that MONAI Label and SimpleITK read."""
+
+MAX_VOXELS = 2048**3
+"""Largest volume accepted (a header can claim any size; the data is read only after this check)."""
+
 
 class InputRejected(ValueError):
     """An upload that cannot be stored; ``status`` is the HTTP status to answer with."""
@@ -39,6 +45,8 @@ class Geometry:
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
     direction: tuple[float, ...]
+    components: int = 1
+    pixel_type: str = ""
 
 
 def read_geometry(path: str | Path, *, what: str = "image") -> Geometry:
@@ -60,16 +68,45 @@ def read_geometry(path: str | Path, *, what: str = "image") -> Geometry:
         spacing=tuple(reader.GetSpacing()),
         origin=tuple(reader.GetOrigin()),
         direction=tuple(reader.GetDirection()),
+        components=int(reader.GetNumberOfComponents()),
+        pixel_type=sitk.GetPixelIDValueAsString(reader.GetPixelID()),
     )
 
 
-def check_image(path: str | Path) -> Geometry:
-    """An uploaded image must be a readable 3D volume."""
-    geometry = read_geometry(path, what="uploaded file")
+def check_file_type(path: str | Path, *, what: str) -> None:
+    """An upload's file name must end in a volume format's suffix (it becomes the stored file's type)."""
+    name = Path(path).name.lower()
+    if not name.endswith(ACCEPTED_SUFFIXES):
+        suffix = "".join(Path(name).suffixes) or "none"
+        raise InputRejected(
+            f"the {what} is not a readable medical image: file type {suffix!r} is not accepted "
+            "(send NIfTI .nii/.nii.gz, NRRD or MHA)",
+            status=415,
+        )
+
+
+def check_volume(geometry: Geometry, *, what: str) -> None:
+    """A volume must be 3D, non-empty, of bounded size, one real value per voxel, with positive spacing."""
     if len(geometry.size) != 3:
-        raise InputRejected(f"the image must be a 3D volume, got {len(geometry.size)} dimensions")
+        raise InputRejected(f"the {what} must be a 3D volume, got {len(geometry.size)} dimensions")
     if min(geometry.size) < 1:
-        raise InputRejected(f"the image is empty (size {geometry.size})")
+        raise InputRejected(f"the {what} is empty (size {geometry.size})")
+    if int(np.prod(geometry.size, dtype=np.int64)) > MAX_VOXELS:
+        raise InputRejected(f"the {what} has {geometry.size} voxels, more than the {MAX_VOXELS:,} accepted")
+    if "complex" in geometry.pixel_type:
+        raise InputRejected(f"the {what} holds complex values; send real-valued voxels")
+    if geometry.components != 1:
+        raise InputRejected(f"the {what} must have a single component per voxel, got {geometry.components}")
+    if not all(np.isfinite(s) and s > 0 for s in geometry.spacing):
+        raise InputRejected(f"the {what} spacing {geometry.spacing} must be positive")
+
+
+def check_image(path: str | Path) -> Geometry:
+    """An uploaded image must be a readable 3D volume of finite values."""
+    geometry = read_geometry(path, what="uploaded file")
+    check_volume(geometry, what="image")
+    if "float" in geometry.pixel_type and not np.all(np.isfinite(_read_values(path, what="image"))):
+        raise InputRejected("the image contains NaN or infinite values")
     return geometry
 
 
@@ -106,8 +143,7 @@ def check_label_values(values: np.ndarray, labels: LabelMap) -> None:
 def check_label(label_path: str | Path, image_path: str | Path, labels: LabelMap) -> None:
     """A label upload must be readable, on its image's grid and hold only known values."""
     label_geometry = read_geometry(label_path, what="label")
-    if len(label_geometry.size) != 3:
-        raise InputRejected(f"the label must be a 3D volume, got {len(label_geometry.size)} dimensions")
+    check_volume(label_geometry, what="label")
     check_same_grid(label_geometry, read_geometry(image_path, what="stored image"))
     values = _read_values(label_path)
     if values.ndim != 3:
@@ -115,7 +151,7 @@ def check_label(label_path: str | Path, image_path: str | Path, labels: LabelMap
     check_label_values(values, labels)
 
 
-def _read_values(path: str | Path) -> np.ndarray:
+def _read_values(path: str | Path, *, what: str = "label") -> np.ndarray:
     """Voxel values as training will see them (nibabel for NIfTI, as MONAI reads it)."""
     name = str(path).lower()
     try:
@@ -123,4 +159,4 @@ def _read_values(path: str | Path) -> np.ndarray:
             return np.asanyarray(nib.load(str(path)).dataobj)
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except (RuntimeError, OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError):
-        raise InputRejected("the label file is truncated or corrupt", status=415) from None
+        raise InputRejected(f"the {what} file is truncated or corrupt", status=415) from None

@@ -74,15 +74,20 @@ class ActiveLabelClient:
         client_id: the user name, sent as ``client_id`` like MONAI Label's own clients do; the
             server records it as the author of submitted labels.
         timeout: seconds per request.
+        token: API token for a server with access control, sent as ``Authorization: Bearer``; the
+            server then records the token's user as the author, whatever ``client_id`` says.
     """
 
-    def __init__(self, server_url: str, *, client_id: str = "", timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, server_url: str, *, client_id: str = "", timeout: float = DEFAULT_TIMEOUT, token: str = ""
+    ) -> None:
         url = server_url.strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ActiveLabelError(f"server address {server_url!r} must start with http:// or https://")
         self.server_url = url
         self.client_id = client_id.strip()
         self.timeout = timeout
+        self.token = token.strip()
 
     def info(self) -> dict[str, Any]:
         """``GET /info/``: app name, models with their labels, strategies, scoring methods."""
@@ -232,6 +237,8 @@ class ActiveLabelClient:
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data, headers = None, {"Accept": "application/json, multipart/form-data, */*"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         if json_body is not None:
             data, headers["Content-Type"] = json.dumps(json_body).encode(), "application/json"
         elif form is not None:
