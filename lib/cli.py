@@ -1,4 +1,4 @@
-"""The ``activelabel`` command line: ``serve``, ``data``, ``simulate``, ``autolabel``, ``cost``.
+"""The ``activelabel`` command line: ``serve``, ``data``, ``simulate``, ``autolabel``, ``cost``, ``users``.
 
 Errors a user can fix (a missing folder, a bad setting) end the command with exit code 2
 and one line on stderr starting with ``error:``.
@@ -12,9 +12,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from activelabel import autolabel
-from activelabel.config import ConfigError, load_settings
+from activelabel import autolabel, users_command
+from activelabel.access_mode import AccessConfigError, resolve_access
+from activelabel.config import ConfigError, load_settings, setting
 from activelabel.data import commands as data_commands
+from activelabel.pacs import commands as pacs_commands
 from activelabel.simulation import commands as simulation_commands
 from activelabel.simulation import cost_command
 
@@ -51,7 +53,8 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     conf = dict(args.conf or [])
     try:
         load_settings(conf, studies=studies, app_dir=str(app))
-    except ConfigError as error:
+        resolve_access(auth=setting("auth", conf=conf), users_file=setting("users_file", conf=conf), host=args.host)
+    except (ConfigError, AccessConfigError) as error:
         raise UsageError(str(error)) from None
     argv = [
         sys.executable,
@@ -105,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     data_commands.register(sub)
+    pacs_commands.register(sub)
     simulation_commands.register(sub)
     autolabel.register(sub)
     cost_command.register(sub)
+    users_command.register(sub)
     return parser
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from activelabel.access_mode import AuthSetting
 from activelabel.labelmap import LABELS_FILE, LabelMap
 from activelabel.networks import NetworkSpec
 from activelabel.transforms import Modality, Preset, preset_for
@@ -81,6 +82,27 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _modalities(text: str) -> tuple[str, ...]:
+    values = tuple(p.strip().upper() for p in text.split(",") if p.strip())
+    if not values or "SEG" in values:
+        raise ValueError("expected image modalities such as CT,MR (SEG series are labels)")
+    return values
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: its default (as text), parser and meaning."""
@@ -116,6 +138,9 @@ KEYS: dict[str, Key] = {
     "preload": Key("false", _bool, "load the network when the server starts"),
     "retrain_after": Key("10", int, "start training after this many new labels (0: only on request)"),
     "lease_seconds": Key("1800", _positive_int, "how long a served volume stays reserved for its client"),
+    "readers": Key(
+        "1", _positive_int, "distinct readers whose final labels a volume needs; above 1 training uses their consensus"
+    ),
     "stop_window": Key("5", _positive_int, "submissions per round when the stop rule judges a plateau"),
     "stop_min_agreement": Key(
         "0.8", _fraction, "agreement (Dice of pre-segmentation vs submission) that stops labeling on a plateau"
@@ -123,6 +148,18 @@ KEYS: dict[str, Key] = {
     "stop_max_gap": Key(
         "0.05", _fraction, "stop once agreement is within this of validation Dice (the picks have caught up)"
     ),
+    "users_file": Key(None, str, "JSON file of users, roles and credential hashes (see `activelabel users add`)"),
+    "auth": Key(
+        "auto",
+        lambda t: AuthSetting(t.strip().lower()),
+        "auto (on with a users file, off on loopback), on, or off (no access control on any address)",
+    ),
+    "max_upload_mb": Key("2048", _positive_int, "largest request body in MiB; larger uploads get 413"),
+    "pacs_user": Key(None, str, "DICOMweb user name of the PACS (studies given as a URL)"),
+    "pacs_password": Key(None, str, "DICOMweb password of the PACS (prefer the ACTIVELABEL_PACS_PASSWORD variable)"),
+    "pacs_modalities": Key("CT,MR", _modalities, "series modalities listed as images from the PACS"),
+    "pacs_timeout": Key("30", _positive_float, "seconds before a PACS request counts as failed (503)"),
+    "pacs_list_seconds": Key("10", _non_negative_float, "seconds a PACS series listing is reused"),
 }
 
 
@@ -151,6 +188,7 @@ class Settings:
     stop_max_gap: float
     lease_seconds: int
     retrain_after: int
+    readers: int = 1
 
     @property
     def scores_path(self) -> Path:
@@ -163,6 +201,18 @@ class Settings:
     @property
     def leases_path(self) -> Path:
         return self.state_dir / "leases.sqlite"
+
+    @property
+    def label_versions_dir(self) -> Path:
+        return self.state_dir / "label-versions"
+
+    @property
+    def label_versions_path(self) -> Path:
+        return self.state_dir / "label-versions.sqlite"
+
+    @property
+    def audits_path(self) -> Path:
+        return self.state_dir / "audits.sqlite"
 
 
 def _raw(key: str, conf: Mapping[str, str], env: Mapping[str, str]) -> str | None:
@@ -182,6 +232,15 @@ def _value(key: str, conf: Mapping[str, str], env: Mapping[str, str]) -> Any:
         return spec.parse(text)
     except ValueError as error:
         raise ConfigError(f"invalid value {text!r} for '{key}': {error}") from None
+
+
+def setting(key: str, *, conf: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Any:
+    """One key's parsed value from ``conf``, then the environment, then its default.
+
+    Raises:
+        ConfigError: when the value does not parse.
+    """
+    return _value(key, dict(conf or {}), os.environ if env is None else env)
 
 
 def _is_remote(studies: str) -> bool:
@@ -273,4 +332,5 @@ def load_settings(
         stop_max_gap=values["stop_max_gap"],
         lease_seconds=values["lease_seconds"],
         retrain_after=values["retrain_after"],
+        readers=values["readers"],
     )

@@ -5,8 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
+from fastapi.middleware import Middleware
 from monailabel.app import app
+from monailabel.config import settings as monailabel_settings
 
+from activelabel.request_guard import install_guard
+from activelabel.request_user import caller_name
+from activelabel.routes_labels import router as labels_router
 from activelabel.routes_uncertainty import router as uncertainty_router
 from activelabel.served_app import activelabel_app as _activelabel_app
 from activelabel.simulation.stop_rule import StopRule
@@ -27,6 +32,9 @@ def status() -> dict[str, Any]:
         stop_rule=StopRule(min_agreement=instance.settings.stop_min_agreement, max_gap=instance.settings.stop_max_gap),
         stop_window=instance.settings.stop_window,
         training_running=task_pending("train"),
+        audits=instance.audits,
+        label_versions=instance.label_versions,
+        readers=instance.settings.readers,
     )
 
 
@@ -35,6 +43,7 @@ def skip(image: str, client_id: str = "anonymous") -> dict[str, Any]:
     instance = _activelabel_app()
     if image not in set(instance.datastore().list_images()):
         raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
+    client_id = caller_name(client_id)
     released = instance.leases.release(image, client_id=client_id)
     if not released:
         raise HTTPException(status_code=409, detail=f"{image!r} is not leased to {client_id!r}")
@@ -43,6 +52,9 @@ def skip(image: str, client_id: str = "anonymous") -> dict[str, Any]:
 
 app.include_router(router)
 app.include_router(uncertainty_router)
-app.add_middleware(OneTaskAtATime)
+app.include_router(labels_router)
+install_guard(app, conf=monailabel_settings.MONAI_LABEL_APP_CONF or {})
+# Inside the access guard: an unauthenticated start request gets 401, not 429.
+app.user_middleware.append(Middleware(OneTaskAtATime))
 
 __all__ = ["app", "router"]

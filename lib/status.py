@@ -6,12 +6,14 @@ from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 
+from activelabel.audit import AuditLog, auto_version
 from activelabel.checkpoints import ModelStore
+from activelabel.label_versions import AUTO_TAG, LabelVersionStore
 from activelabel.scores import ScoreStore
 from activelabel.simulation.stop_rule import StopRule, signals_from_submissions
 from activelabel.submissions import SubmissionLog
 
-AUTO_TAG = "auto"
+__all__ = ["AUTO_TAG", "project_status"]
 
 
 def project_status(
@@ -23,12 +25,17 @@ def project_status(
     stop_rule: StopRule,
     stop_window: int,
     training_running: bool = False,
+    audits: AuditLog | None = None,
+    label_versions: LabelVersionStore | None = None,
+    readers: int = 1,
 ) -> dict[str, Any]:
     """Labeled / total, the current model and its validation Dice, score freshness, stop advice.
 
     Scores count over unlabeled volumes only (the ones strategies choose from): fresh when
     computed by the current model version, stale when by an older one.  Automation counts
-    unlabeled volumes that carry a model-made ``auto`` label.
+    volumes whose label is the model's: unlabeled ones with an ``auto`` label that no audit
+    rejected, and those whose auto label an audit accepted as final.  With ``readers`` > 1,
+    ``readers`` reports volumes awaiting more readers and the inter-reader Dice of consensus labels.
     """
     sync = getattr(datastore, "sync", None)
     if callable(sync):
@@ -39,7 +46,15 @@ def project_status(
     model = model_store.info()
     version = model.version if model else -1
     freshness = score_store.freshness(unlabeled, version)
-    auto = [image_id for image_id in unlabeled if AUTO_TAG in datastore.get_labels_by_image_id(image_id)]
+    rejected = audits.rejected() if audits else {}
+    auto = [
+        image_id
+        for image_id in unlabeled
+        if AUTO_TAG in datastore.get_labels_by_image_id(image_id)
+        and auto_version(datastore, image_id) not in rejected.get(image_id, set())
+    ]
+    audit = audits.summary() if audits else None
+    in_use = len(auto) + (audit.accepted if audit else 0)
     log = submissions.all()
     signals = signals_from_submissions([(s.agreement, s.val_mean_dice) for s in log], window=stop_window)
     decision = stop_rule.evaluate(signals, per_round=stop_window)
@@ -77,7 +92,31 @@ def project_status(
             "estimated_labels_needed": decision.estimated_labels_needed,
         },
         "automation": {
-            "auto_labeled": len(auto),
-            "automation": len(auto) / len(images) if images else 0.0,
+            "auto_labeled": in_use,
+            "automation": in_use / len(images) if images else 0.0,
+            "audited": audit.audited if audit else 0,
+            "accepted": audit.accepted if audit else 0,
+            "rejected": audit.rejected if audit else 0,
+            "corrected": audit.corrected if audit else 0,
+            "acceptance_rate": audit.acceptance_rate if audit else None,
         },
+        "readers": _reader_status(label_versions, readers=readers, unlabeled=unlabeled),
+    }
+
+
+def _reader_status(versions: LabelVersionStore | None, *, readers: int, unlabeled: list[str]) -> dict[str, Any]:
+    """Readers needed per volume, volumes awaiting more, and mean inter-reader Dice of consensus labels."""
+    counts = versions.reader_counts() if versions else {}
+    consensus = versions.consensus_versions() if versions else []
+    per_label: dict[str, list[float]] = {}
+    for version in consensus:
+        for name, value in ((version.details or {}).get("dice") or {}).items():
+            per_label.setdefault(name, []).append(float(value))
+    means = [float((v.details or {}).get("mean_dice")) for v in consensus if (v.details or {}).get("mean_dice")]
+    return {
+        "required": readers,
+        "awaiting": sum(1 for image_id in unlabeled if 0 < counts.get(image_id, 0) < readers),
+        "consensus": len(consensus),
+        "inter_reader_dice": {name: sum(values) / len(values) for name, values in per_label.items()},
+        "mean_inter_reader_dice": sum(means) / len(means) if means else None,
     }

@@ -199,8 +199,10 @@ def test_resubmitting_a_label_keeps_the_replaced_version(
         image_id, multipart.FilePart(f"{image_id}.nii.gz", truth), params={"seconds_spent": 3.0}
     )
     assert answer["submission"]["author"] == USER
-    kept = list((served.state_dir / "label-history" / "final" / image_id).iterdir())
-    assert [path.read_bytes() for path in kept] == [before]
+    versions = requests.get(f"{served.url}/activelabel/labels/{image_id}/versions", timeout=30).json()
+    finals = [v["version"] for v in versions if v["tag"] == "final"]
+    kept = [requests.get(f"{served.url}/activelabel/labels/{image_id}/versions/{n}", timeout=30) for n in finals]
+    assert [response.content for response in kept] == [before, truth]
     assert (served.studies / "labels" / "final" / f"{image_id}.nii.gz").read_bytes() == truth
 
 

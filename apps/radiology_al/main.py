@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from fastapi import HTTPException
 from monailabel.config import settings as monailabel_settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
@@ -21,10 +22,16 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 import activelabel
+from activelabel.audit import AuditLog
 from activelabel.checkpoints import ModelStore
 from activelabel.config import load_settings
+from activelabel.identifiers import check_local_source, check_name
+from activelabel.label_versions import LabelVersionStore
 from activelabel.leases import LeasedDatastoreView, LeaseStore
+from activelabel.pacs.datastore import open_pacs_datastore
+from activelabel.request_user import caller_name
 from activelabel.scores import ScoreStore
+from activelabel.strategies.audit import AuditSample
 from activelabel.strategies.diverse import DiverseUncertain
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
@@ -34,6 +41,7 @@ from activelabel.tasks.datastore import ValidatingDatastore
 from activelabel.tasks.infer import SegmentationInfer
 from activelabel.tasks.scoring import EpistemicScoring
 from activelabel.tasks.train import SegmentationTrainer
+from activelabel.validation import InputRejected
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +58,10 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         self.score_store = ScoreStore(self.settings.scores_path)
         self.submissions = SubmissionLog(self.settings.submissions_path)
         self.leases = LeaseStore(self.settings.leases_path, seconds=self.settings.lease_seconds)
+        self.label_versions = LabelVersionStore(
+            self.settings.label_versions_dir, index=self.settings.label_versions_path
+        )
+        self.audits = AuditLog(self.settings.audits_path)
         self._last_submission: dict[str, dict[str, Any]] = {}
         super().__init__(
             app_dir=app_dir,
@@ -66,16 +78,27 @@ class RadiologyActiveLabelApp(MONAILabelApp):
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
-        return ValidatingDatastore(
+            return open_pacs_datastore(
+                self.studies,
+                conf=self.conf,
+                state_dir=self.settings.state_dir,
+                labels=self.settings.labels,
+                versions=self.label_versions,
+                readers=self.settings.readers,
+                on_saved=self._record_submission,
+            )
+        datastore = ValidatingDatastore(
             self.studies,
             labels=self.settings.labels,
-            history_dir=self.settings.state_dir / "label-history",
+            versions=self.label_versions,
+            readers=self.settings.readers,
             on_saved=self._record_submission,
             extensions=monailabel_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=monailabel_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=monailabel_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+        datastore.complete_consensus()  # volumes whose last reader's upload a crash cut short
+        return datastore
 
     def _record_submission(self, image_id: str, tag: str, path: Path, info: dict[str, Any]) -> None:
         """Log a final label with its agreement to the stored pre-segmentation (if any)."""
@@ -98,7 +121,15 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             author=info.get("client_id") or info.get("user"),
             seconds_spent=float(seconds) if seconds is not None else None,
         )
-        self._last_submission[image_id] = entry.to_dict()
+        answer: dict[str, Any] = {"submission": entry.to_dict(), "label_version": info.get("version")}
+        if "readers" in info:
+            answer["readers"] = info["readers"]
+        self._last_submission[image_id] = answer
+        self._maybe_retrain()
+
+    def after_audit(self, image_id: str) -> None:
+        """An audit verdict ends the reviewer's lease; an accepted or corrected label may start training."""
+        self.leases.release(image_id)
         self._maybe_retrain()
 
     def _maybe_retrain(self) -> None:
@@ -116,9 +147,8 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             self.async_training(MODEL)
 
     def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
-        """The response to a label upload carries its agreement with the pre-segmentation."""
-        entry = self._last_submission.pop(image_id, None)
-        return {"submission": entry} if entry else {}
+        """The response to a label upload: its agreement with the pre-segmentation, its version, readers."""
+        return self._last_submission.pop(image_id, None) or {}
 
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         """The strategy's pick among volumes not leased to another client, leased to this one.
@@ -129,9 +159,12 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         strategy = self._strategies.get(name)
         if strategy is None:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"no strategy named {name!r}")
-        client = str(request.get("client_id") or "anonymous")
+        client = caller_name(request.get("client_id"))
         with self.leases.selecting():
-            view = LeasedDatastoreView(self._datastore, excluded=self.leases.held_by_others(client))
+            excluded = self.leases.held_by_others(client)
+            if self.settings.readers > 1:  # a reader never reads a volume twice
+                excluded |= self.label_versions.images_read_by(client)
+            view = LeasedDatastoreView(self._datastore, excluded=excluded)
             result = strategy(request, view)
             if not result or not result.get("id"):
                 return {}
@@ -139,6 +172,27 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         result["path"] = self._datastore.get_image_uri(result["id"])
         result["lease"] = lease.to_dict()
         return result
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """MONAI Label's infer; over HTTP the image must be a datastore id, an upload or a datastore file."""
+        if self._server_mode and isinstance(request.get("image"), str):
+            self._check_infer_image(request["image"], datastore or self._datastore)
+        return super().infer(request, datastore)
+
+    def _check_infer_image(self, image: str, datastore: Datastore) -> None:
+        """Refuse server-side paths outside the studies folder and ids the datastore does not know."""
+        remote = self.studies.startswith(("http://", "https://"))
+        sessions = self.sessions()
+        roots = [path for path in (None if remote else self.studies, sessions and sessions.store_path) if path]
+        try:
+            if os.path.exists(image):
+                check_local_source(image, roots=roots)
+                return
+            check_name(image, what="image id")
+        except InputRejected as error:
+            raise HTTPException(status_code=error.status, detail=str(error)) from None
+        if not remote and not datastore.get_image_uri(image):
+            raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
 
     def init_infers(self) -> dict[str, InferTask]:
         return {MODEL: SegmentationInfer(settings=self.settings, store=self.model_store)}
@@ -158,6 +212,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             "most_uncertain": MostUncertain(scores=self.score_store, metric=self.settings.uncertainty_metric),
             "diverse": DiverseUncertain(scores=self.score_store, metric=self.settings.uncertainty_metric),
             "random": RandomSample(),
+            "audit": AuditSample(audits=self.audits),
         }
 
     def info(self) -> dict[str, Any]:
