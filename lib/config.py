@@ -121,7 +121,7 @@ KEYS: dict[str, Key] = {
     "dropout": Key("0.2", _fraction, "dropout probability in every UNet block (MC dropout needs > 0)"),
     "mc_samples": Key("8", _positive_int, "Monte-Carlo dropout passes per volume when scoring"),
     "uncertainty_metric": Key(
-        "entropy",
+        "mutual_information",
         lambda t: UncertaintyMetric(t.lower()),
         "score ranked by most_uncertain: entropy, mutual_information or variance",
     ),

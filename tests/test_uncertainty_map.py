@@ -12,6 +12,7 @@ import requests
 import torch
 
 from activelabel.checkpoints import ModelStore
+from activelabel.config import KEYS
 from activelabel.inference import PublishedModel
 from activelabel.networks import NetworkSpec, build_network
 from activelabel.server_process import ServerProcess
@@ -86,10 +87,10 @@ def test_server_serves_a_float_map_on_the_image_grid(server: ServerProcess, ct_s
     image_id = sorted(ct_studies.glob("*.nii.gz"))[0].name.removesuffix(".nii.gz")
     url = f"{server.url}/activelabel/uncertainty-map"
 
-    response = requests.get(url, params={"image": image_id, "metric": "mutual_information"}, timeout=300)
+    response = requests.get(url, params={"image": image_id, "metric": "variance"}, timeout=300)
 
     assert response.status_code == 200, response.text
-    assert response.headers["X-Uncertainty-Metric"] == "mutual_information"
+    assert response.headers["X-Uncertainty-Metric"] == "variance"
     assert response.headers["X-Model-Version"] == "0"
     served = nib.Nifti1Image.from_bytes(gzip.decompress(response.content))
     stored = nib.load(str(ct_studies / f"{image_id}.nii.gz"))
@@ -100,10 +101,10 @@ def test_server_serves_a_float_map_on_the_image_grid(server: ServerProcess, ct_s
     assert np.isfinite(values).all()
     assert values.min() >= 0.0
 
-    again = requests.get(url, params={"image": image_id, "metric": "mutual_information"}, timeout=60)
+    again = requests.get(url, params={"image": image_id, "metric": "variance"}, timeout=60)
     assert again.content == response.content
     default = requests.get(url, params={"image": image_id}, timeout=300)
-    assert default.headers["X-Uncertainty-Metric"] == "entropy"
+    assert default.headers["X-Uncertainty-Metric"] == KEYS["uncertainty_metric"].default
     assert nib.Nifti1Image.from_bytes(gzip.decompress(default.content)).shape == stored.shape
 
 
