@@ -29,6 +29,7 @@ def build_pool(studies: Path, *, size: int, distinct: int = 40) -> None:
     generate_datastore(source, modality="ct", count=min(size, distinct), seed=0, labeled=0)
     originals = sorted(source.glob("*.nii.gz"))
     studies.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / "labels.json", studies / "labels.json")
     for index in range(size):
         original = originals[index % len(originals)]
         shutil.copyfile(original, studies / f"case_{index:05d}.nii.gz")
@@ -39,7 +40,7 @@ def main() -> None:
     parser.add_argument("--clinicians", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--think", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"))
-    parser.add_argument("--pool", type=int, default=400, help="volumes in the datastore")
+    parser.add_argument("--pool", type=int, default=600, help="volumes in the datastore (enough for 10 minutes)")
     parser.add_argument("--strategy", default="random")
     parser.add_argument("--out", type=Path, default=RESULTS / "load.json")
     args = parser.parse_args()

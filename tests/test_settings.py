@@ -25,7 +25,7 @@ def test_defaults_read_labels_from_the_studies_folder(studies: Path) -> None:
     assert settings.preset.modality is Modality.CT
     assert settings.state_dir == studies / ".activelabel"
     assert settings.model_dir == studies / ".activelabel" / "model"
-    assert settings.uncertainty_metric is UncertaintyMetric.ENTROPY
+    assert settings.uncertainty_metric is UncertaintyMetric.MUTUAL_INFORMATION
 
 
 def test_conf_overrides_env_which_overrides_defaults(studies: Path) -> None:
