@@ -20,7 +20,7 @@ PACS_PORT ?= 8042
 DICOM ?= sample-data/dicom
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test bench bench-al lint format sample-data clean pacs pacs-stop orthanc-deps
+.PHONY: install serve test bench bench-al lint format sample-data clean pacs pacs-stop orthanc-deps chromium-deps
 
 install: $(STAMP)
 
@@ -47,12 +47,19 @@ serve: install sample-data
 # The PACS tests need Orthanc; without it they fail (loudly), the other tests still run.
 test: install
 	@$(MAKE) --no-print-directory orthanc-deps || echo "warning: could not install Orthanc: the PACS tests will fail" >&2
+	@$(MAKE) --no-print-directory chromium-deps || echo "warning: could not install chromium: the OHIF test will fail" >&2
 	$(PY) -m pytest
 
 # Debian's Orthanc and its DICOMweb plugin, installed only when missing.
 orthanc-deps:
 	@if [ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then :; else \
 		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y orthanc orthanc-dicomweb; \
+	fi
+
+# Debian's chromium, for the OHIF viewer test (Playwright drives it; no browser download).
+chromium-deps:
+	@if [ -x /usr/bin/chromium ]; then :; else \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	fi
 
 $(DICOM)/.generated: $(STUDIES)/.generated

@@ -77,6 +77,12 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     for key, value in conf.items():
         argv += ["--conf", key, value]
     env = {**SERVER_ENV_DEFAULTS, **os.environ}
+    if remote:
+        # MONAI Label's /proxy/dicom (the bundled OHIF viewer's way to the PACS) reads these.
+        for key, name in (("pacs_user", "USERNAME"), ("pacs_password", "PASSWORD")):
+            value = setting(key, conf=conf)
+            if value:
+                env.setdefault(f"MONAI_LABEL_DICOMWEB_{name}", str(value))
     return argv, env
 
 
