@@ -16,11 +16,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Invertd
 
 from activelabel.fsutil import atomic_write
 from activelabel.inference import PublishedModel, mc_dropout_samples, sliding_window
+from activelabel.regrid import restore_to_image_grid
 from activelabel.transforms import Preset, inference_transforms
 from activelabel.uncertainty import UncertaintyMetric
 
@@ -47,10 +46,10 @@ def uncertainty_map(
         network, image, sliding_window(preset.roi_size, overlap=overlap), samples=samples
     )
     voxels = accumulator.voxel_maps()[metric].float()[None]
-    data["map"] = MetaTensor(voxels, meta=dict(image.meta), applied_operations=list(image.applied_operations))
-    restored = Invertd(keys="map", transform=pre, orig_keys="image", nearest_interp=False)(data)["map"]
+    del accumulator
+    restored = restore_to_image_grid(voxels, image=image, nearest=False, dtype=torch.float32)
     expected = tuple(int(n) for n in image.meta["spatial_shape"])
-    array = np.asarray(restored[0].detach().cpu(), dtype=np.float32)
+    array = restored.as_tensor()[0].numpy()
     if array.shape != expected:
         raise RuntimeError(f"uncertainty map came back shaped {array.shape}, the image is {expected}")
     return array, np.asarray(restored.affine, dtype=np.float64)

@@ -125,7 +125,12 @@ _CT_ORGANS: tuple[_Organ, ...] = (
 
 
 def generate_phantom(
-    *, modality: Modality | str, index: int, seed: int = 0, shape: tuple[int, int, int] | None = None
+    *,
+    modality: Modality | str,
+    index: int,
+    seed: int = 0,
+    shape: tuple[int, int, int] | None = None,
+    spacing: tuple[float, float, float] | None = None,
 ) -> Phantom:
     """Build case ``index`` of a phantom series; identical inputs give identical arrays.
 
@@ -135,17 +140,24 @@ def generate_phantom(
         index: case number; shape, positions and deformations vary with it.
         seed: series seed, so that different series can be drawn.
         shape: fixed grid shape; by default it varies per case around :data:`DEFAULT_SHAPES`.
+        spacing: voxel spacing in mm (x, y, z); by default the modality's :data:`SPACINGS`.
+            Anatomy keeps its size in mm, so a finer spacing needs a larger ``shape``.
 
     Raises:
-        ValueError: for a negative index or seed, or a grid too small to hold the anatomy.
+        ValueError: for a negative index or seed, a non-positive spacing, or a grid too small
+            to hold the anatomy.
     """
     modality = Modality(modality)
     if index < 0:
         raise ValueError(f"phantom index must be >= 0, got {index}")
     if seed < 0:
         raise ValueError(f"phantom seed must be >= 0, got {seed}")
+    spacing = SPACINGS[modality] if spacing is None else spacing
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"phantom spacing must be three positive sizes in mm, got {spacing}")
     rng = np.random.default_rng([seed, index, _MODALITY_CODES[modality]])
-    grid = _Grid(shape=_case_shape(rng, modality, shape), spacing=SPACINGS[modality])
+    sx, sy, sz = (float(s) for s in spacing)
+    grid = _Grid(shape=_case_shape(rng, modality, shape), spacing=(sx, sy, sz))
     if modality is Modality.CT:
         return _generate_ct(rng, grid)
     return _generate_mr(rng, grid)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from monai.inferers import Inferer
-from monai.transforms import Activationsd, AsDiscreted, DeleteItemsd, EnsureTyped, Invertd, SqueezeDimd
+from monai.transforms import Activationsd, AsDiscreted, DeleteItemsd, EnsureTyped, SqueezeDimd
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from torch import nn
@@ -15,14 +15,17 @@ from activelabel.checkpoints import ModelStore
 from activelabel.config import Settings
 from activelabel.inference import PublishedModel, sliding_window
 from activelabel.networks import build_network
+from activelabel.regrid import RestoreToImageGridd
 from activelabel.transforms import channels_to_label_values, inference_transforms
 
 
 class SegmentationInfer(BasicInferTask):
     """Sliding-window UNet segmentation returning a label map on the input's voxel grid.
 
-    The pre-processing (RAS, preset spacing, intensity) is inverted on the argmax map with
+    The pre-processing (RAS, preset spacing, intensity) is inverted on the label map with
     nearest-neighbour interpolation, so the written label has the image's shape and affine.
+    Argmax and label values are computed on the model grid; only the uint8 (or int32) label
+    is full-size on the image grid, restored slab by slab (see :mod:`activelabel.regrid`).
     The network is reloaded whenever a newer checkpoint is published; the result JSON
     names the model version that produced it.
 
@@ -51,7 +54,6 @@ class SegmentationInfer(BasicInferTask):
     def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         # MONAI's Spacingd treats every "image_*" key as image metadata and fails on the
         # "image_path" string MONAI Label adds; the writer takes its extension from config.
-        # The same transform instances every call: Invertd matches applied operations by identity.
         return [DeleteItemsd(keys="image_path"), *self._pre.transforms]
 
     def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
@@ -65,8 +67,8 @@ class SegmentationInfer(BasicInferTask):
             EnsureTyped(keys="pred", device="cpu"),
             Activationsd(keys="pred", softmax=True),
             AsDiscreted(keys="pred", argmax=True),
-            Invertd(keys="pred", transform=self._pre, orig_keys="image", nearest_interp=True),
             channels_to_label_values("pred", self.settings.labels),
+            RestoreToImageGridd(keys="pred", image_key="image", nearest=True),
             SqueezeDimd(keys="pred", dim=0),
         ]
 
