@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +51,7 @@ class LeaseStore:
     def __init__(self, path: str | Path, *, seconds: float) -> None:
         if seconds <= 0:
             raise ValueError(f"lease seconds must be > 0, got {seconds}")
-        self.database = SqliteFile(path, schema=_SCHEMA)
+        self.database = SqliteFile(path, schema=_SCHEMA, durable=False)  # leases expire anyway
         self.seconds = seconds
         self._selection = threading.Lock()
 
@@ -90,6 +90,18 @@ class LeaseStore:
             return db.execute(query, args).rowcount > 0
 
 
+def unlabeled_check(datastore: Any) -> Callable[[str], bool]:
+    """A test "is this image in ``datastore`` and unlabeled?" for ranking walks.
+
+    Datastores that keep an index answer it in O(1) (``is_unlabeled``); for others the
+    unlabeled images are listed once, when the test is made.
+    """
+    check = getattr(datastore, "is_unlabeled", None)
+    if callable(check):
+        return check
+    return set(datastore.get_unlabeled_images()).__contains__
+
+
 class LeasedDatastoreView:
     """A datastore as one client sees it: volumes leased to others are not unlabeled for it.
 
@@ -100,9 +112,16 @@ class LeasedDatastoreView:
     def __init__(self, datastore: Any, *, excluded: set[str]) -> None:
         self._datastore = datastore
         self._excluded = excluded
+        self._check: Callable[[str], bool] | None = None
 
     def get_unlabeled_images(self, *args: Any, **kwargs: Any) -> list[str]:
         return [i for i in self._datastore.get_unlabeled_images(*args, **kwargs) if i not in self._excluded]
+
+    def is_unlabeled(self, image_id: str) -> bool:
+        """Whether ``image_id`` is unlabeled and not leased to another client."""
+        if self._check is None:
+            self._check = unlabeled_check(self._datastore)
+        return image_id not in self._excluded and self._check(image_id)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._datastore, name)

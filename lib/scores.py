@@ -8,7 +8,7 @@ concurrent writes and indexed "highest score" queries without rewriting a whole 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +29,17 @@ CREATE TABLE IF NOT EXISTS scores (
     seconds REAL NOT NULL,
     scored_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS scores_by_entropy ON scores(entropy DESC, image_id);
+CREATE INDEX IF NOT EXISTS scores_by_mutual_information ON scores(mutual_information DESC, image_id);
+CREATE INDEX IF NOT EXISTS scores_by_variance ON scores(variance DESC, image_id);
 CREATE TABLE IF NOT EXISTS embeddings (
     image_id TEXT PRIMARY KEY,
     model_version INTEGER NOT NULL,
     vector BLOB NOT NULL
 );
 """
+
+_TOP_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -79,22 +84,17 @@ class ScoreStore:
 
     def put(self, image_id: str, model_version: int, uncertainty: VolumeUncertainty, *, seconds: float) -> None:
         """Store (or replace) the score of one image."""
-        u = uncertainty
+        self.put_many([(image_id, model_version, uncertainty, seconds)])
+
+    def put_many(self, scores: Iterable[tuple[str, int, VolumeUncertainty, float]]) -> None:
+        """Store (or replace) ``(image id, model version, uncertainty, seconds)`` rows in one transaction."""
+        now = time.time()
+        rows = [
+            (image_id, version, u.entropy, u.mutual_information, u.variance, u.foreground_fraction, u.samples, s, now)
+            for image_id, version, u, s in scores
+        ]
         with self.database.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    image_id,
-                    model_version,
-                    u.entropy,
-                    u.mutual_information,
-                    u.variance,
-                    u.foreground_fraction,
-                    u.samples,
-                    seconds,
-                    time.time(),
-                ),
-            )
+            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def put_embedding(self, image_id: str, model_version: int, vector: np.ndarray) -> None:
         """Store (or replace) the bottleneck embedding of one image."""
@@ -137,6 +137,32 @@ class ScoreStore:
             else:
                 stale += 1
         return Freshness(fresh=fresh, stale=stale, unscored=unscored)
+
+    def top(self, metric: UncertaintyMetric | str, *, accept: Callable[[str], bool]) -> ImageScore | None:
+        """The highest-scoring image that ``accept`` admits (ties broken by image id), or ``None``.
+
+        Walks the metric's index from the top and stops at the first admitted image, so the
+        cost depends on how many top images are refused (leased or labeled ones), not on how
+        many images are scored.
+        """
+        name = UncertaintyMetric(metric).value
+        with self.database.transaction() as db:
+            rows = db.execute(f"SELECT * FROM scores ORDER BY {name} DESC, image_id ASC")
+            while batch := rows.fetchmany(_TOP_BATCH):
+                for row in batch:
+                    if accept(row[0]):
+                        return _to_score(row)
+        return None
+
+    def count(self) -> int:
+        """How many images have a stored score."""
+        with self.database.transaction() as db:
+            return int(db.execute("SELECT COUNT(*) FROM scores").fetchone()[0])
+
+    def forget(self, image_id: str) -> None:
+        """Drop the score of ``image_id`` (labeled: it is no longer a candidate); its embedding stays."""
+        with self.database.transaction() as db:
+            db.execute("DELETE FROM scores WHERE image_id = ?", (image_id,))
 
     def ranked(self, image_ids: Iterable[str], metric: UncertaintyMetric | str) -> list[ImageScore]:
         """Scores of ``image_ids`` in descending order of ``metric`` (unscored ids omitted).

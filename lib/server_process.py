@@ -28,12 +28,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def launch_command(launcher: str, studies: Path | str, port: int, conf: dict[str, str]) -> list[str]:
-    """Argv of ``activelabel serve`` or of MONAI Label's own ``start_server`` with our app."""
+def launch_command(
+    launcher: str, studies: Path | str, port: int, conf: dict[str, str], *, app_dir: Path = APP_DIR
+) -> list[str]:
+    """Argv of ``activelabel serve`` or of MONAI Label's own ``start_server`` with ``app_dir`` (ours by default)."""
     if launcher == "activelabel":
         command = [sys.executable, "-m", "activelabel.cli", "serve", "--studies", str(studies), "--port", str(port)]
     elif launcher == "monailabel":
-        command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR)]
+        command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir)]
         command += ["--studies", str(studies), "--host", "127.0.0.1", "--port", str(port)]
     else:
         raise ValueError(f"unknown launcher {launcher!r}; choose activelabel or monailabel")
@@ -86,6 +88,7 @@ def start_server(
     log: Path,
     conf: dict[str, str] | None = None,
     launcher: str = "activelabel",
+    app_dir: Path = APP_DIR,
     timeout: float = 180.0,
 ) -> ServerProcess:
     """Start a server on a free loopback port and wait until ``/info/`` answers (200, or 401 with access control).
@@ -95,7 +98,7 @@ def start_server(
     """
     port = free_port()
     conf = dict(conf or {})
-    command = launch_command(launcher, studies, port, conf)
+    command = launch_command(launcher, studies, port, conf, app_dir=app_dir)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()

@@ -8,6 +8,7 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from activelabel.leases import unlabeled_check
 from activelabel.scores import ScoreStore
 from activelabel.strategies.random_sample import pick_random
 from activelabel.uncertainty import UncertaintyMetric
@@ -18,7 +19,9 @@ class MostUncertain(Strategy):
 
     Stale scores (from an older model) still rank: they are the best estimate until the
     scorer catches up.  Unlabeled images without any score are served at random only when
-    no unlabeled image has a score, and the answer says so.
+    no unlabeled image has a score, and the answer says so.  The pick walks the score
+    index from the top, so its cost does not grow with the pool; ``ranked`` in the answer
+    is the number of scored images.
 
     Request keys (optional): ``metric`` — ``entropy``, ``mutual_information`` or ``variance``.
 
@@ -45,10 +48,9 @@ class MostUncertain(Strategy):
         except ValueError:
             choices = ", ".join(m.value for m in UncertaintyMetric)
             raise ValueError(f"unknown metric {request.get('metric')!r}; choose one of: {choices}") from None
-        unlabeled = datastore.get_unlabeled_images()
-        ranked = self.scores.ranked(unlabeled, metric)
-        if not ranked:
-            image_id = pick_random(unlabeled, rng=self._rng)
+        top = self.scores.top(metric, accept=unlabeled_check(datastore))
+        if top is None:
+            image_id = pick_random(datastore.get_unlabeled_images(), rng=self._rng)
             if image_id is None:
                 return None
             return {
@@ -58,14 +60,12 @@ class MostUncertain(Strategy):
                 "score": None,
                 "fallback": "random (no unlabeled image has been scored yet)",
             }
-        top = ranked[0]
         return {
             "id": top.image_id,
             "strategy": "most_uncertain",
             "metric": metric.value,
             "score": top.uncertainty.score(metric),
             "rank": 1,
-            "ranked": len(ranked),
-            "unscored": len(unlabeled) - len(ranked),
+            "ranked": self.scores.count(),
             "model_version": top.model_version,
         }

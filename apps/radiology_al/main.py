@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
-from monailabel.config import settings as monailabel_settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
@@ -25,10 +24,10 @@ import activelabel
 from activelabel.audit import AuditLog
 from activelabel.checkpoints import ModelStore
 from activelabel.config import load_settings
+from activelabel.datastores import open_datastore
 from activelabel.identifiers import check_local_source, check_name
 from activelabel.label_versions import LabelVersionStore
 from activelabel.leases import LeasedDatastoreView, LeaseStore
-from activelabel.pacs.datastore import open_pacs_datastore
 from activelabel.request_user import caller_name
 from activelabel.scores import ScoreStore
 from activelabel.strategies.audit import AuditSample
@@ -37,7 +36,6 @@ from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
 from activelabel.submissions import SubmissionLog, label_agreement
 from activelabel.task_guard import task_pending
-from activelabel.tasks.datastore import ValidatingDatastore
 from activelabel.tasks.infer import SegmentationInfer
 from activelabel.tasks.scoring import EpistemicScoring
 from activelabel.tasks.train import SegmentationTrainer
@@ -77,28 +75,13 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             self._auto_update_scoring = False
 
     def init_datastore(self) -> Datastore:
-        if self.studies.startswith(("http://", "https://")):
-            return open_pacs_datastore(
-                self.studies,
-                conf=self.conf,
-                state_dir=self.settings.state_dir,
-                labels=self.settings.labels,
-                versions=self.label_versions,
-                readers=self.settings.readers,
-                on_saved=self._record_submission,
-            )
-        datastore = ValidatingDatastore(
+        return open_datastore(
             self.studies,
-            labels=self.settings.labels,
+            settings=self.settings,
+            conf=self.conf,
             versions=self.label_versions,
-            readers=self.settings.readers,
             on_saved=self._record_submission,
-            extensions=monailabel_settings.MONAI_LABEL_DATASTORE_FILE_EXT,
-            auto_reload=monailabel_settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
-            read_only=monailabel_settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
-        datastore.complete_consensus()  # volumes whose last reader's upload a crash cut short
-        return datastore
 
     def _record_submission(self, image_id: str, tag: str, path: Path, info: dict[str, Any]) -> None:
         """Log a final label with its agreement to the stored pre-segmentation (if any)."""
@@ -111,6 +94,8 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             params = self._datastore.get_label_info(image_id, DefaultLabelTag.ORIGINAL.value).get("params") or {}
             version = params.get("model_version")
         self.leases.release(image_id)
+        if self._datastore.has_label(image_id):  # labeled (all readers in): no longer a candidate
+            self.score_store.forget(image_id)
         model = self.model_store.info()
         seconds = info.get("seconds_spent")
         entry = self.submissions.add(
@@ -141,7 +126,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             return
         model = self.model_store.info()
         trained_on = (model.train_count + model.val_count) if model else 0
-        new_labels = len(self._datastore.get_labeled_images()) - trained_on
+        new_labels = self._datastore.labeled_count() - trained_on
         if new_labels >= self.settings.retrain_after:
             logger.info("%d new labels since the model was trained: starting training", new_labels)
             self.async_training(MODEL)

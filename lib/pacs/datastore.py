@@ -158,12 +158,22 @@ class PacsDatastore(ValidatingDatastore):
         labeled = set(self.get_labeled_images(label_tag, labels))
         return [image for image in self.list_images() if image not in labeled]
 
+    def is_unlabeled(self, image_id: str) -> bool:
+        """Whether the PACS lists ``image_id`` and neither it nor the local cache holds its final label."""
+        with pacs_http():
+            images, segs = self._series()
+        return image_id in images and image_id not in segs and not self.has_label(image_id)
+
+    def labeled_count(self) -> int:
+        return len(self.get_labeled_images())
+
     def status(self) -> dict[str, Any]:
-        """Counts, or the PACS' failure (so that ``/info/`` answers while the PACS is down)."""
+        """Counts over the PACS' series, or its failure (so that ``/info/`` answers while the PACS is down)."""
         try:
-            return super().status()
+            total, completed = len(self.list_images()), self.labeled_count()
         except HTTPException as error:
             return {"total": None, "completed": None, "label_tags": {}, "pacs_error": error.detail}
+        return {**super().status(), "total": total, "completed": completed}
 
     def json(self) -> dict[str, Any]:
         """The cached datastore plus every PACS series not fetched yet (``GET /datastore/?output=all``)."""

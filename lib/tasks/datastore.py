@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import HTTPException
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, LocalDatastore
+from monailabel.datastore.local import DataModel
 from monailabel.interfaces.exception import ImageNotFoundException
 
 from activelabel.consensus import staple_files
@@ -28,6 +28,7 @@ from activelabel.label_versions import (
 )
 from activelabel.labelmap import LabelMap
 from activelabel.request_user import authenticated_user
+from activelabel.tasks.indexed_datastore import IndexedLocalDatastore
 from activelabel.validation import InputRejected, check_file_type, check_image, check_label
 
 
@@ -67,8 +68,8 @@ def upload_provenance(tag: str, info: dict[str, Any]) -> Provenance:
     return Provenance(source=source, model_version=int(model_version) if isinstance(model_version, int) else None)
 
 
-class ValidatingDatastore(LocalDatastore):
-    """A :class:`LocalDatastore` that checks uploads and never loses a label.
+class ValidatingDatastore(IndexedLocalDatastore):
+    """A folder datastore (kept in SQLite, see :class:`IndexedLocalDatastore`) that never loses a label.
 
     Bad uploads are rejected with HTTP 4xx and nothing is stored.  The checks raise FastAPI's
     ``HTTPException`` because MONAI Label's endpoints call the datastore directly; this way
@@ -87,7 +88,7 @@ class ValidatingDatastore(LocalDatastore):
         versions: where every label is kept, with its provenance.
         readers: distinct readers whose final labels a volume needs.
         on_saved: called after an upload is stored, with image id, tag, stored path and label info.
-        **kwargs: passed to :class:`LocalDatastore`.
+        **kwargs: passed to :class:`IndexedLocalDatastore`.
     """
 
     def __init__(
@@ -108,13 +109,6 @@ class ValidatingDatastore(LocalDatastore):
         self._consensus_lock = str(versions.root.parent / f".{versions.root.name}.consensus.lock")
         self._on_saved = on_saved
         super().__init__(datastore_path, **kwargs)
-
-    def sync(self) -> None:
-        """Re-read the datastore file if another process (a task subprocess) changed it.
-
-        Cheap when nothing changed (one stat); the file watcher does the same, but later.
-        """
-        self._init_from_datastore_file()
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
         try:
@@ -163,11 +157,6 @@ class ValidatingDatastore(LocalDatastore):
         """
         self.check_label_upload(image_id, label_filename, label_tag)
         return self._store_label(image_id, label_filename, label_tag, label_info, provenance=provenance).version
-
-    def has_label(self, image_id: str, tag: str = FINAL_TAG) -> bool:
-        """Whether ``image_id`` has a live label under ``tag``."""
-        obj = self._datastore.objects.get(image_id)
-        return bool(obj and obj.labels.get(tag))
 
     def complete_consensus(self) -> list[str]:
         """Store the consensus of every volume that has enough readers but no final label yet.
@@ -272,6 +261,7 @@ class ValidatingDatastore(LocalDatastore):
         _, label_ext = self._to_id(os.path.basename(label_filename))
         name = self._filename(image_id, label_ext)
         with FileLock(self._lock_file):
+            self.sync()
             obj = self._datastore.objects.get(image_id)
             if not obj:
                 raise ImageNotFoundException(f"Image {image_id} not found")
@@ -289,5 +279,5 @@ class ValidatingDatastore(LocalDatastore):
             info["version"] = version.version
             info["source"] = provenance.source.value
             obj.labels[label_tag] = DataModel(info=info, ext=label_ext)
-            self._update_datastore_file(lock=False)
+            self._write([image_id])
         return StoredLabel(dest, info, version)
