@@ -122,6 +122,21 @@ def plot(runs: dict[str, list[dict[str, Any]]], full_dice: float, path: Path) ->
     fig.savefig(path, dpi=120)
 
 
+def hippocampus_volumes() -> tuple[dict[str, Path], dict[str, Path], Settings, dict[str, dict[str, Any]]]:
+    """The MSD hippocampus cases and what every benchmark on them shares.
+
+    Returns:
+        Case id -> image path, case id -> label path, the benchmark's settings (MR preset,
+        anterior/posterior labels) and every case pre-processed on the preset grid (cached in
+        ``bench/.cache/hippocampus-volumes.pt``).
+    """
+    images, truths = pair_cases(DATA / "imagesTr", DATA / "labelsTr")
+    settings = load_settings({"labels": LABELS, "modality": "mr"}, studies=str(DATA), app_dir=str(DATA))
+    cache = REPO / "bench" / ".cache" / "hippocampus-volumes.pt"
+    volumes = load_cached(images, truths, preset=settings.preset, labels=settings.labels, cache=cache)
+    return images, truths, settings, volumes
+
+
 def run_cached(
     images: Mapping[str, Path],
     truths: Mapping[str, Path],
@@ -171,10 +186,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    images, truths = pair_cases(DATA / "imagesTr", DATA / "labelsTr")
-    settings = load_settings({"labels": LABELS, "modality": "mr"}, studies=str(DATA), app_dir=str(DATA))
-    cache = REPO / "bench" / ".cache" / "hippocampus-volumes.pt"
-    volumes = load_cached(images, truths, preset=settings.preset, labels=settings.labels, cache=cache)
+    images, truths, settings, volumes = hippocampus_volumes()
     base = {
         "initial": args.initial,
         "per_round": args.per_round,

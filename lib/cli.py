@@ -1,4 +1,4 @@
-"""The ``activelabel`` command line: ``serve``, ``data``, ``simulate``, ``autolabel``, ``cost``, ``users``.
+"""The ``activelabel`` command line: ``serve``, ``data``, ``simulate``, ``autolabel``, ``cost``, ``users``, ``score``.
 
 Errors a user can fix (a missing folder, a bad setting) end the command with exit code 2
 and one line on stderr starting with ``error:``.
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from activelabel import autolabel, users_command
+from activelabel import autolabel, score_command, users_command
 from activelabel.access_mode import AccessConfigError, resolve_access
 from activelabel.config import ConfigError, load_settings, setting
 from activelabel.data import commands as data_commands
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     autolabel.register(sub)
     cost_command.register(sub)
     users_command.register(sub)
+    score_command.register(sub, app_dir=_app_dir)
     return parser
 
 

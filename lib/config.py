@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from activelabel.access_mode import AuthSetting
+from activelabel.decoder_dropout import McMode
 from activelabel.labelmap import LABELS_FILE, LabelMap
 from activelabel.networks import NetworkSpec
 from activelabel.transforms import Modality, Preset, preset_for
@@ -119,7 +120,7 @@ KEYS: dict[str, Key] = {
     "roi_size": Key(None, _roi, "patch size for training and sliding-window inference (default: modality preset)"),
     "channels": Key("16,32,64,128", _ints, "UNet feature maps per level"),
     "dropout": Key("0.2", _fraction, "dropout probability in every UNet block (MC dropout needs > 0)"),
-    "mc_samples": Key("8", _positive_int, "Monte-Carlo dropout passes per volume when scoring"),
+    "mc_samples": Key("4", _positive_int, "Monte-Carlo dropout samples per volume when scoring"),
     "uncertainty_metric": Key(
         "mutual_information",
         lambda t: UncertaintyMetric(t.lower()),
@@ -160,6 +161,23 @@ KEYS: dict[str, Key] = {
     "pacs_modalities": Key("CT,MR", _modalities, "series modalities listed as images from the PACS"),
     "pacs_timeout": Key("30", _positive_float, "seconds before a PACS request counts as failed (503)"),
     "pacs_list_seconds": Key("10", _non_negative_float, "seconds a PACS series listing is reused"),
+    "task_worker": Key(
+        "true", _bool, "fork train/scoring tasks from a pre-imported worker (false: a fresh Python process each)"
+    ),
+    "ray_address": Key(None, str, "HOST:PORT of a Ray cluster's head: scoring runs as Ray tasks there"),
+    "scoring_workers": Key(
+        None,
+        _positive_int,
+        "scoring workers: local processes when above 1, or Ray tasks at once with ray_address "
+        "(default: 1 locally, scoring inside the scoring task; one per cluster CPU on Ray)",
+    ),
+    "mc_mode": Key(
+        "decoder",
+        McMode.parse,
+        "MC-dropout layers sampled when scoring: full (every layer, one network pass per sample), batched (every "
+        "layer, samples as one batch), or only from the bottleneck, decoder (up path) or head (output block) on, "
+        "the rest computed once per window (see bench/cheap_uncertainty.py)",
+    ),
 }
 
 
@@ -189,6 +207,10 @@ class Settings:
     lease_seconds: int
     retrain_after: int
     readers: int = 1
+    task_worker: bool = True
+    ray_address: str | None = None
+    scoring_workers: int | None = None
+    mc_mode: McMode = McMode.DECODER
 
     @property
     def scores_path(self) -> Path:
@@ -333,4 +355,8 @@ def load_settings(
         lease_seconds=values["lease_seconds"],
         retrain_after=values["retrain_after"],
         readers=values["readers"],
+        task_worker=values["task_worker"],
+        ray_address=values["ray_address"],
+        scoring_workers=values["scoring_workers"],
+        mc_mode=values["mc_mode"],
     )

@@ -14,6 +14,7 @@ from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from activelabel.checkpoints import ModelInfo, ModelStore
+from activelabel.decoder_dropout import McMode, decoder_dropout_probabilities
 from activelabel.networks import NetworkSpec, bottleneck, build_network, mc_dropout
 from activelabel.uncertainty import SampleAccumulator, VolumeUncertainty
 
@@ -117,19 +118,32 @@ def embed_volume(network: nn.Module, image: torch.Tensor, inferer: SlidingWindow
 
 @torch.no_grad()
 def mc_dropout_samples(
-    network: nn.Module, image: torch.Tensor, inferer: SlidingWindowInferer, *, samples: int
+    network: nn.Module,
+    image: torch.Tensor,
+    inferer: SlidingWindowInferer,
+    *,
+    samples: int,
+    mode: McMode = McMode.FULL,
 ) -> tuple[SampleAccumulator, torch.Tensor]:
     """Running statistics of ``samples`` MC-dropout passes over one volume, and its embedding.
 
     Only dropout layers sample; normalization layers stay in eval mode.  Samples are folded
     into running statistics, so memory does not grow with ``samples``.  The embedding is
     the bottleneck features averaged over all passes.
+
+    With a ``mode`` other than ``FULL`` only the layers from where that mode starts sample,
+    and one sliding-window pass yields all ``samples`` (see :mod:`activelabel.decoder_dropout`).
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     device = next(network.parameters()).device
     batch = _batch(image, device)
     accumulator = SampleAccumulator()
+    if McMode(mode) is not McMode.FULL:
+        with BottleneckFeatures(network) as features:
+            for probs in decoder_dropout_probabilities(network, batch, inferer, samples=samples, mode=mode):
+                accumulator.add(probs.cpu())
+        return accumulator, features.mean()
     with mc_dropout(network), BottleneckFeatures(network) as features:
         for _ in range(samples):
             logits = inferer(batch, network)
@@ -144,7 +158,8 @@ def mc_dropout_uncertainty(
     *,
     samples: int,
     dilation: int = 3,
+    mode: McMode = McMode.FULL,
 ) -> tuple[VolumeUncertainty, torch.Tensor]:
     """Epistemic uncertainty (aggregated over the dilated foreground) and embedding of one volume."""
-    accumulator, embedding = mc_dropout_samples(network, image, inferer, samples=samples)
+    accumulator, embedding = mc_dropout_samples(network, image, inferer, samples=samples, mode=mode)
     return accumulator.result(dilation=dilation), embedding

@@ -7,12 +7,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
+from activelabel.decoder_dropout import McMode
 from activelabel.inference import embed_volume, mc_dropout_uncertainty, sliding_window
 from activelabel.scores import ScoreStore
 from activelabel.transforms import Preset, inference_transforms
+from activelabel.uncertainty import VolumeUncertainty
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +29,15 @@ class ScoringOptions:
         dilation: voxels by which the predicted foreground grows before aggregating.
         overlap: sliding-window overlap.
         force: rescore images whose score is already from the current model.
+        mode: which dropout layers sample (full MC dropout, or only the later layers with
+            the rest computed once per window).
     """
 
     samples: int
     dilation: int = 3
     overlap: float = 0.25
     force: bool = False
+    mode: McMode = McMode.FULL
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,60 @@ class ScoringReport:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class VolumeScore:
+    """The uncertainty and embedding of one volume, and the seconds they took."""
+
+    uncertainty: VolumeUncertainty
+    embedding: np.ndarray
+    seconds: float
+
+
+class VolumeScorer:
+    """Scores single volumes with one network: load, pre-process, MC-dropout passes, aggregate.
+
+    The one per-volume code path of scoring: the sequential :func:`score_pool` and the
+    distributed workers (:mod:`activelabel.distributed_scoring`) both call it, so a volume
+    gets the same score whichever way the pool is scored.
+
+    Args:
+        network: the model, in eval mode.
+        preset: pre-processing of the model's modality.
+        options: how volumes are scored.
+    """
+
+    def __init__(self, *, network: nn.Module, preset: Preset, options: ScoringOptions) -> None:
+        self.network = network
+        self.options = options
+        self._load = inference_transforms(preset)
+        self._inferer = sliding_window(preset.roi_size, overlap=options.overlap)
+
+    def score(self, path: str) -> VolumeScore:
+        """The score of the volume stored at ``path``."""
+        began = time.perf_counter()
+        image = self._load({"image": path})["image"]
+        with torch.inference_mode():
+            uncertainty, embedding = mc_dropout_uncertainty(
+                self.network,
+                image,
+                self._inferer,
+                samples=self.options.samples,
+                dilation=self.options.dilation,
+                mode=self.options.mode,
+            )
+        return VolumeScore(uncertainty=uncertainty, embedding=embedding.numpy(), seconds=time.perf_counter() - began)
+
+
+def record_score(store: ScoreStore, *, image_id: str, model_version: int, score: VolumeScore) -> None:
+    """Write one volume's embedding, then its score, tagged with the model version that made them.
+
+    The score goes last because it marks the volume fresh: a crash between the two writes
+    leaves the volume stale, to be scored again, never fresh without its embedding.
+    """
+    store.put_embedding(image_id, model_version, score.embedding)
+    store.put(image_id, model_version, score.uncertainty, seconds=score.seconds)
 
 
 def score_pool(
@@ -65,19 +125,13 @@ def score_pool(
     """
     start = time.perf_counter()
     todo = list(images) if options.force else store.stale(images, model_version)
-    load = inference_transforms(preset)
-    inferer = sliding_window(preset.roi_size, overlap=options.overlap)
+    scorer = VolumeScorer(network=network, preset=preset, options=options)
     for done, image_id in enumerate(todo, start=1):
-        began = time.perf_counter()
-        image = load({"image": images[image_id]})["image"]
-        with torch.inference_mode():
-            uncertainty, embedding = mc_dropout_uncertainty(
-                network, image, inferer, samples=options.samples, dilation=options.dilation
-            )
-        seconds = time.perf_counter() - began
-        store.put(image_id, model_version, uncertainty, seconds=seconds)
-        store.put_embedding(image_id, model_version, embedding.numpy())
-        logger.info("scored %s (%d/%d) in %.2fs: %s", image_id, done, len(todo), seconds, uncertainty.to_dict())
+        score = scorer.score(images[image_id])
+        record_score(store, image_id=image_id, model_version=model_version, score=score)
+        logger.info(
+            "scored %s (%d/%d) in %.2fs: %s", image_id, done, len(todo), score.seconds, score.uncertainty.to_dict()
+        )
         if progress is not None:
             progress(done, len(todo), image_id)
     total = time.perf_counter() - start

@@ -6,12 +6,15 @@ from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
+from torch import nn
 
 from activelabel.checkpoints import ModelStore
 from activelabel.config import Settings
+from activelabel.distributed_scoring import score_distributed
 from activelabel.inference import load_model
 from activelabel.scores import ScoreStore
 from activelabel.scoring import ScoringOptions, embed_pool, score_pool
+from activelabel.scoring_backends import make_backend
 
 
 class EpistemicScoring(ScoringMethod):
@@ -42,6 +45,7 @@ class EpistemicScoring(ScoringMethod):
         info = super().info()
         info["config"] = {
             "mc_samples": self.settings.mc_samples,
+            "mc_mode": self.settings.mc_mode.value,
             "foreground_dilation": self.settings.foreground_dilation,
             "metrics": ["entropy", "mutual_information", "variance"],
         }
@@ -54,17 +58,16 @@ class EpistemicScoring(ScoringMethod):
         force = str(request.get("force", "false")).lower() in ("1", "true", "yes")
         network, info = load_model(self.model_store, device=self.settings.device)
         images = {image_id: datastore.get_image_uri(image_id) for image_id in datastore.get_unlabeled_images()}
-        report = score_pool(
+        report = self._score_unlabeled(
             images,
             network=network,
             model_version=info.version,
-            preset=self.settings.preset,
-            store=self.score_store,
             options=ScoringOptions(
                 samples=samples,
                 dilation=self.settings.foreground_dilation,
                 overlap=self.settings.sw_overlap,
                 force=force,
+                mode=self.settings.mc_mode,
             ),
         )
         labeled = {image_id: datastore.get_image_uri(image_id) for image_id in datastore.get_labeled_images()}
@@ -76,4 +79,32 @@ class EpistemicScoring(ScoringMethod):
             store=self.score_store,
             overlap=self.settings.sw_overlap,
         )
-        return {**report.to_dict(), "labeled_embedded": embedded}
+        return {**report, "labeled_embedded": embedded}
+
+    def _score_unlabeled(
+        self, images: dict[str, str], *, network: nn.Module, model_version: int, options: ScoringOptions
+    ) -> dict[str, Any]:
+        """Score ``images`` here, one after the other, or on workers when configured.
+
+        With ``ray_address`` the images go to Ray tasks on that cluster; with ``scoring_workers``
+        above 1 to that many local processes.  Either way each score is stored as it arrives.
+        """
+        address, workers = self.settings.ray_address, self.settings.scoring_workers
+        if not address and (workers or 1) <= 1:
+            return score_pool(
+                images,
+                network=network,
+                model_version=model_version,
+                preset=self.settings.preset,
+                store=self.score_store,
+                options=options,
+            ).to_dict()
+        return score_distributed(
+            images,
+            model_store=self.model_store,
+            preset=self.settings.preset,
+            store=self.score_store,
+            options=options,
+            backend=make_backend(address=address, workers=workers),
+            device=self.settings.device,
+        ).to_dict()
