@@ -17,6 +17,7 @@ from activelabel.served_app import activelabel_app as _activelabel_app
 from activelabel.simulation.stop_rule import StopRule
 from activelabel.status import project_status
 from activelabel.task_guard import OneTaskAtATime, task_pending
+from activelabel.task_worker import install_task_worker
 
 router = APIRouter(prefix="/activelabel", tags=["ActiveLabel"])
 
@@ -56,5 +57,9 @@ app.include_router(labels_router)
 install_guard(app, conf=monailabel_settings.MONAI_LABEL_APP_CONF or {})
 # Inside the access guard: an unauthenticated start request gets 401, not 429.
 app.user_middleware.append(Middleware(OneTaskAtATime))
+# Train/scoring/batch-infer tasks fork from a pre-imported worker instead of a fresh interpreter.
+install_task_worker(
+    conf=monailabel_settings.MONAI_LABEL_APP_CONF or {}, app_dir=monailabel_settings.MONAI_LABEL_APP_DIR
+)
 
 __all__ = ["app", "router"]
