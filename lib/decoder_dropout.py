@@ -27,7 +27,7 @@ from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import UNet
 from torch import nn
 
-from activelabel.networks import dropout_layers
+from activelabel.networks import dropout_layers, mc_dropout
 
 
 class McMode(str, Enum):
@@ -161,15 +161,8 @@ class DecoderDropoutSampler(nn.Module):
     @contextmanager
     def sampling(self) -> Iterator[DecoderDropoutSampler]:
         """Eval mode everywhere except the sampled dropout layers; previous modes restored on exit."""
-        previous = {module: module.training for module in self.network.modules()}
-        self.network.eval()
-        for layer in self.sampled_dropout:
-            layer.train()
-        try:
+        with mc_dropout(self.network, layers=self.sampled_dropout):
             yield self
-        finally:
-            for module, training in previous.items():
-                module.training = training
 
     def _expand(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         """Forward pre-hook of the first sampled dropout layer: one input becomes ``K``."""

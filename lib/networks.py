@@ -7,7 +7,7 @@ stay in eval mode and keep their statistics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -104,14 +104,14 @@ def dropout_layers(network: nn.Module) -> list[nn.Module]:
 
 
 @contextmanager
-def mc_dropout(network: nn.Module) -> Iterator[nn.Module]:
-    """Put ``network`` in eval mode with only its dropout layers sampling.
+def mc_dropout(network: nn.Module, *, layers: Sequence[nn.Module] | None = None) -> Iterator[nn.Module]:
+    """Put ``network`` in eval mode with only its dropout layers (or only ``layers``) sampling.
 
     Normalization layers (batch or instance norm) stay in eval mode, so their running
     statistics are neither used from the batch nor updated.  The previous training flags
     of every module are restored on exit.
     """
-    layers = dropout_layers(network)
+    layers = dropout_layers(network) if layers is None else list(layers)
     if not layers:
         raise ValueError("the network has no dropout layers, so MC dropout would return identical samples")
     previous = {module: module.training for module in network.modules()}

@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from activelabel.processes import process_running
 from activelabel.task_protocol import STOCK_MODULE, ProtocolError, TaskRequest, receive_message, send_message
 
 HANDSHAKE_TIMEOUT = 30.0
@@ -40,24 +41,6 @@ PREFIX = "activelabel task worker:"
 
 class WorkerUnavailable(Exception):
     """The worker did not start the task; the stock command can run it instead."""
-
-
-def process_running(pid: int) -> bool:
-    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, is not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def wait_until_ready(socket_path: str, *, worker_pid: int, timeout: float = STARTUP_TIMEOUT) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 
 import requests
 
+from activelabel.processes import process_running
+
 DICOMWEB_ROOT = "/dicom-web/"
 CONFIG_FILE = "orthanc.json"
 PID_FILE = "orthanc.pid"
@@ -158,13 +160,7 @@ def _alive(pid: int, child: subprocess.Popen | None) -> bool:
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
             return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_running(pid)
 
 
 def stop_pid(pid: int, *, timeout: float, child: subprocess.Popen | None = None) -> None:
