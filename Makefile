@@ -2,7 +2,8 @@
 #   make install   create .venv and install everything (quick when up to date)
 #   make serve     install, generate the sample datastore if absent, start the server
 #   make test      install and run the whole test suite
-#   make bench     install and run the foundation benchmark and the 10-minute load test (prints figures, writes bench/results/*.json)
+#   make bench     install and run the benchmarks: foundation, 10-minute load test, scale (next sample at 100k,
+#                  Ray scoring, cheap uncertainty, task start-up, CT memory); each prints figures and writes bench/results/*.json
 #   make bench-al  install and run the active-learning comparison on the hippocampus MRI
 #   make lint      ruff check + ruff format --check
 #   make pacs      install Orthanc (apt) if missing, start it on 127.0.0.1:8042 and load the sample DICOM
@@ -77,6 +78,11 @@ pacs-stop:
 bench: install
 	$(PY) bench/foundation.py
 	$(PY) bench/load.py
+	$(PY) bench/next_sample_scale.py
+	$(PY) bench/ray_scoring.py
+	$(PY) bench/cheap_uncertainty.py
+	$(PY) bench/task_startup.py
+	$(PY) bench/memory_ct.py
 
 # Label efficiency on the MSD hippocampus MRI: every strategy, 3 seeds (hours on 2 CPU cores).
 bench-al: install
