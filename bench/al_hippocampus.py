@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from activelabel.commands.simulate import pair_cases
 from activelabel.config import Settings, load_settings
-from activelabel.simulation.commands import pair_cases
+from activelabel.server.stop_rule import RoundSignals, StopRule, replay
 from activelabel.simulation.loop import FULL_DATA, SimulationConfig, load_cached, simulate
-from activelabel.simulation.stop_rule import RoundSignals, StopRule, replay
+from activelabel.testing.datasets import MSD_HIPPOCAMPUS
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "datasets" / "msd-hippocampus"
+DATA = MSD_HIPPOCAMPUS
 RESULTS = REPO / "bench" / "results"
 RUNS = REPO / "bench" / ".cache" / "al-runs"
 LABELS = '{"anterior": 1, "posterior": 2}'

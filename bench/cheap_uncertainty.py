@@ -9,7 +9,7 @@ settings), then scores a pool of other volumes with
   draws the same distribution as 16 sequential passes at a fraction of the CPU time),
 * the noise ceiling: the reference again with other random draws,
 * full MC dropout with 2 sequential passes (the scorer's ``full`` mode),
-* the batched and decoder-only samplers of :mod:`activelabel.decoder_dropout`: sampling starts
+* the batched and decoder-only samplers of :mod:`activelabel.ml.decoder_dropout`: sampling starts
   at the first dropout layer (``batched``), the bottleneck, the up path or the output block,
   ``K`` samples from one sliding-window pass.
 
@@ -43,12 +43,12 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from activelabel.config import Settings
-from activelabel.decoder_dropout import McMode, decoder_dropout_probabilities
-from activelabel.inference import mc_dropout_uncertainty, predict_probabilities, sliding_window
-from activelabel.metrics import dice_per_label, mean_dice
-from activelabel.networks import build_network, initial_state
-from activelabel.training import TrainOptions, split_train_val, train_network
-from activelabel.uncertainty import SampleAccumulator, UncertaintyMetric, VolumeUncertainty
+from activelabel.ml.decoder_dropout import McMode, decoder_dropout_probabilities
+from activelabel.ml.inference import mc_dropout_uncertainty, predict_probabilities, sliding_window
+from activelabel.ml.metrics import dice_per_label, mean_dice
+from activelabel.ml.networks import build_network, initial_state
+from activelabel.ml.training import TrainOptions, split_train_val, train_network
+from activelabel.ml.uncertainty import SampleAccumulator, UncertaintyMetric, VolumeUncertainty
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "bench" / ".cache"

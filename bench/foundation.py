@@ -20,17 +20,18 @@ import torch
 from monailabel.client import MONAILabelClient
 from monailabel.datastore.local import LocalDatastore
 
-from activelabel.checkpoints import ModelStore
 from activelabel.config import load_settings
 from activelabel.data.phantoms import generate_datastore
-from activelabel.inference import load_model
-from activelabel.scores import ScoreStore
-from activelabel.scoring import ScoringOptions, score_pool
-from activelabel.server_process import start_server
-from activelabel.training import TrainOptions, load_volumes, split_train_val, train_network
+from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.inference import load_model
+from activelabel.ml.training import TrainOptions, load_volumes, split_train_val, train_network
+from activelabel.scoring.scorer import ScoringOptions, score_pool
+from activelabel.store.scores import ScoreStore
+from activelabel.testing.datasets import TOTALSEG_CT
+from activelabel.testing.server_process import start_server
 
 REPO = Path(__file__).resolve().parents[1]
-REAL_CT = REPO.parent / "shared" / "datasets" / "totalseg-ct" / "images" / "abdomen_ct.nii.gz"
+REAL_CT = TOTALSEG_CT / "images" / "abdomen_ct.nii.gz"
 RESULTS = REPO / "bench" / "results" / "foundation.json"
 
 

@@ -1,7 +1,7 @@
 """Load test: 20 simulated clinicians for 10 minutes doing next sample → infer → submit.
 
 Starts a real server on loopback over a pool of generated CT phantoms (copied under new ids,
-so the pool outlasts the run), runs :func:`activelabel.loadtest.run_load`, prints requests
+so the pool outlasts the run), runs :func:`activelabel.testing.loadtest.run_load`, prints requests
 served, p50/p99 latency of next sample, infer and submit, duplicate serves and lost or
 corrupted labels, and writes ``bench/results/load.json``.  Run with ``make bench``.
 """
@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from activelabel.data.phantoms import generate_datastore
-from activelabel.loadtest import LoadConfig, run_load
-from activelabel.server_process import start_server
+from activelabel.testing.loadtest import LoadConfig, run_load
+from activelabel.testing.server_process import start_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -7,8 +7,8 @@ in a fresh Python process, so each peak RSS belongs to one operation:
 * ``baseline``: imports plus the app (``app_instance`` of ``apps/radiology_al``), no work;
 * ``infer``: ``MONAILabelApp.infer`` with the ``segmentation`` task, i.e. the server's path
   (pre-processing, sliding window, inversion to the original grid, the written label);
-* ``score``: :func:`activelabel.scoring.score_pool` on the volume with ``mc_samples`` passes;
-* ``map``: :func:`activelabel.uncertainty_map.uncertainty_map` (voxel map on the original grid),
+* ``score``: :func:`activelabel.scoring.scorer.score_pool` on the volume with ``mc_samples`` passes;
+* ``map``: :func:`activelabel.ml.uncertainty_map.uncertainty_map` (voxel map on the original grid),
   with ``--map-samples`` passes (2 by default: its memory does not grow with the passes).
 
 Peak RSS is the child's ``ru_maxrss`` (imports included); ``setup`` is its resident size once
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-APP_DIR = REPO / "apps" / "radiology_al"
+
 CACHE = REPO / "bench" / ".cache" / "memory_ct"
 RESULTS = REPO / "bench" / "results" / "memory_ct.json"
 IMAGE_ID = "ct_512x512x300"
@@ -90,7 +90,7 @@ def _generate(studies: Path) -> dict[str, Any]:
 
     from activelabel.data.phantoms import PHANTOM_LABELS, generate_phantom
     from activelabel.labelmap import LABELS_FILE
-    from activelabel.transforms import Modality
+    from activelabel.ml.transforms import Modality
 
     phantom = generate_phantom(modality=Modality.CT, index=0, seed=0, shape=SHAPE, spacing=SPACING)
     studies.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,9 @@ def _generate(studies: Path) -> dict[str, Any]:
 def _app(ctx: Context) -> Any:
     from monailabel.interfaces.utils.app import app_instance
 
-    return app_instance(app_dir=str(APP_DIR), studies=str(ctx.studies), conf=_settings_conf(ctx.state))
+    from activelabel.config import DEFAULT_APP_DIR
+
+    return app_instance(app_dir=str(DEFAULT_APP_DIR), studies=str(ctx.studies), conf=_settings_conf(ctx.state))
 
 
 def _baseline(ctx: Context) -> Work:
@@ -131,11 +133,11 @@ def _infer(ctx: Context) -> Work:
 
 def _network(ctx: Context) -> tuple[Any, Any, int]:
     """The app's settings, and its initial network (in eval mode) with the model version."""
-    from activelabel.checkpoints import ModelStore
-    from activelabel.config import load_settings
-    from activelabel.inference import load_model
+    from activelabel.config import DEFAULT_APP_DIR, load_settings
+    from activelabel.ml.checkpoints import ModelStore
+    from activelabel.ml.inference import load_model
 
-    settings = load_settings(_settings_conf(ctx.state), studies=str(ctx.studies), app_dir=str(APP_DIR))
+    settings = load_settings(_settings_conf(ctx.state), studies=str(ctx.studies), app_dir=str(DEFAULT_APP_DIR))
     model_store = ModelStore(settings.model_dir, name="segmentation")
     model_store.ensure_initial(settings.network, settings.labels.to_dict(), seed=settings.seed)
     network, info = load_model(model_store, device="cpu")
@@ -145,8 +147,8 @@ def _network(ctx: Context) -> tuple[Any, Any, int]:
 def _score(ctx: Context) -> Work:
     import torch
 
-    from activelabel.scores import ScoreStore
-    from activelabel.scoring import ScoringOptions, score_pool
+    from activelabel.scoring.scorer import ScoringOptions, score_pool
+    from activelabel.store.scores import ScoreStore
 
     settings, network, version = _network(ctx)
     scores = ScoreStore(ctx.state / "bench-scores.sqlite")
@@ -171,7 +173,7 @@ def _score(ctx: Context) -> Work:
 def _map(ctx: Context) -> Work:
     import torch
 
-    from activelabel.uncertainty_map import uncertainty_map
+    from activelabel.ml.uncertainty_map import uncertainty_map
 
     settings, network, _ = _network(ctx)
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import requests
 
 from activelabel.data.phantoms import generate_datastore
-from activelabel.scores import ScoreStore
-from activelabel.server_process import ServerProcess, start_server
-from activelabel.uncertainty import VolumeUncertainty
+from activelabel.ml.uncertainty import VolumeUncertainty
+from activelabel.store.scores import ScoreStore
+from activelabel.testing.server_process import ServerProcess, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "next_sample_scale.json"

@@ -3,9 +3,9 @@
 Generates a pool of CT phantoms (fixed seed), publishes the seeded version-0 model and
 scores the whole pool three times, each into its own empty score store:
 
-* one process: :func:`activelabel.scoring.score_pool` in this process with torch using every
+* one process: :func:`activelabel.scoring.scorer.score_pool` in this process with torch using every
   core (what the server does with the default ``scoring_workers``);
-* local processes: :func:`activelabel.distributed_scoring.score_distributed` on 2 processes;
+* local processes: :func:`activelabel.scoring.distributed.score_distributed` on 2 processes;
 * Ray: the same on a Ray head started on 127.0.0.1 with 2 CPUs (2 workers), stopped at the end.
 
 Wall times include each backend's start-up (worker processes importing torch, connecting to
@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from activelabel.checkpoints import ModelStore
 from activelabel.config import Settings, load_settings
 from activelabel.data.phantoms import generate_datastore
-from activelabel.distributed_scoring import score_distributed
-from activelabel.inference import load_model
-from activelabel.ray_local import start_local_cluster
-from activelabel.scores import ScoreStore
-from activelabel.scoring import ScoringOptions, score_pool
-from activelabel.scoring_backends import LocalProcesses, RayCluster, available_cores
+from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.inference import load_model
+from activelabel.scoring.backends import LocalProcesses, RayCluster, available_cores
+from activelabel.scoring.distributed import score_distributed
+from activelabel.scoring.scorer import ScoringOptions, score_pool
+from activelabel.store.scores import ScoreStore
+from activelabel.testing.ray_local import start_local_cluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

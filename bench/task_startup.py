@@ -31,8 +31,9 @@ from typing import Any
 import psutil
 import requests
 
+from activelabel.config import DEFAULT_APP_DIR
 from activelabel.data.phantoms import generate_datastore
-from activelabel.server_process import APP_DIR, ServerProcess, start_server
+from activelabel.testing.server_process import ServerProcess, start_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FAST_CONF = {"max_epochs": "1", "mc_samples": "2", "samples_per_volume": "1", "retrain_after": "0"}
@@ -43,7 +44,7 @@ POLL_SECONDS = 0.05
 STOCK_IMPORTS = (
     "import monailabel.interfaces.utils.app\n"
     "from monailabel.utils.others.class_utils import module_from_file\n"
-    f"module_from_file('main', {str(APP_DIR / 'main.py')!r})\n"
+    f"module_from_file('main', {str(DEFAULT_APP_DIR / 'main.py')!r})\n"
 )
 
 
@@ -89,7 +90,7 @@ def time_client_import(repeats: int) -> list[float]:
     seconds = []
     for _ in range(repeats):
         began = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import activelabel.task_client"], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-c", "import activelabel.workers.client"], check=True, capture_output=True)
         seconds.append(time.perf_counter() - began)
     return seconds
 
@@ -121,7 +122,7 @@ def worker_ready_seconds(log: Path) -> float | None:
 def worker_rss_mib(server: ServerProcess) -> float | None:
     """Resident memory of the server's task worker (shared copy-on-write with its forked tasks)."""
     for child in psutil.Process(server.process.pid).children():
-        if "activelabel.task_zygote" in child.cmdline():
+        if "activelabel.workers.zygote" in child.cmdline():
             return child.memory_info().rss / 2**20
     return None
 

@@ -8,8 +8,8 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from activelabel.audit import AuditLog, auto_version, awaiting_audit
-from activelabel.label_versions import AUTO_TAG
+from activelabel.store.audit import AuditLog, auto_version, awaiting_audit
+from activelabel.store.label_versions import AUTO_TAG
 from activelabel.strategies.random_sample import pick_random
 
 

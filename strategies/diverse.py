@@ -15,8 +15,8 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from activelabel.scores import ScoreStore
-from activelabel.uncertainty import UncertaintyMetric
+from activelabel.ml.uncertainty import UncertaintyMetric
+from activelabel.store.scores import ScoreStore
 
 
 def cosine_distances(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -8,10 +8,10 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
-from activelabel.leases import unlabeled_check
-from activelabel.scores import ScoreStore
+from activelabel.ml.uncertainty import UncertaintyMetric
+from activelabel.store.leases import unlabeled_check
+from activelabel.store.scores import ScoreStore
 from activelabel.strategies.random_sample import pick_random
-from activelabel.uncertainty import UncertaintyMetric
 
 
 class MostUncertain(Strategy):

@@ -7,8 +7,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+from activelabel.testing.datasets import REPO, SHARED_DATASETS
+
+__all__ = ["REPO", "SHARED_DATASETS", "tiny_datastore", "write_nifti"]
 
 
 def write_nifti(path: Path, array: np.ndarray, *, affine: np.ndarray | None = None) -> Path:

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -21,15 +20,16 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from activelabel.access import Role, allowed, required_role
-from activelabel.access_mode import AccessConfigError, AuthSetting, bind_host_from_argv, is_loopback, resolve_access
-from activelabel.authentication import AuthenticationError, Authenticator
-from activelabel.cli import build_parser, main, server_command
-from activelabel.data.phantoms import generate_datastore
-from activelabel.multipart_scan import FilenameScanner
-from activelabel.server_process import APP_DIR, ServerProcess, free_port
-from activelabel.users import User, UsersFileError, UserStore, password_hash, token_hash, verify_password
-from tests.conftest import start_test_server
+from activelabel.access.authentication import AuthenticationError, Authenticator
+from activelabel.access.mode import AccessConfigError, AuthSetting, bind_host_from_argv, is_loopback, resolve_access
+from activelabel.access.policy import Role, allowed, required_role
+from activelabel.access.users import User, UsersFileError, UserStore, password_hash, token_hash, verify_password
+from activelabel.cli import build_parser, main
+from activelabel.commands.serve import server_command
+from activelabel.config import DEFAULT_APP_DIR
+from activelabel.server.multipart_scan import FilenameScanner
+from activelabel.testing.server_process import ServerProcess, free_port
+from tests.conftest import ServerFactory
 from tests.helpers import write_nifti
 
 EXTENSION = Path(__file__).resolve().parents[1] / "slicer_extension" / "ActiveLabel"
@@ -252,17 +252,11 @@ def test_upload_file_names_are_found_across_chunks() -> None:
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def secured(server_factory: ServerFactory) -> ServerProcess:
     """A loopback server with three users: ann (annotator), rev (reviewer), adm (admin)."""
-    work = tmp_path_factory.mktemp("secured")
-    studies = work / "studies"
-    generate_datastore(studies, modality="ct", count=4, seed=0, labeled=1)
-    users = _users_file(work / "users.json")
-    running = start_test_server(studies, work, conf={"users_file": str(users)})
-    try:
-        yield running
-    finally:
-        running.stop()
+    studies = server_factory.phantoms("secured", count=4, seed=0, labeled=1)
+    users = _users_file(studies.parent / "users.json")
+    return server_factory.start(studies, conf={"users_file": str(users)})
 
 
 def _as(user: str | None) -> dict[str, str]:
@@ -424,9 +418,9 @@ def test_autolabel_sends_the_token(
 
 def test_the_server_process_refuses_a_public_address_without_users(ct_studies: Path, tmp_path: Path) -> None:
     """The check holds under MONAI Label's own launcher too, where the CLI's check does not run."""
-    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR)]
+    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(DEFAULT_APP_DIR)]
     command += ["--studies", str(ct_studies), "--host", "0.0.0.0", "--port", str(free_port())]
-    command += ["--uvicorn_app", "activelabel.server:app", "--conf", "state_dir", str(tmp_path / "state")]
+    command += ["--uvicorn_app", "activelabel.server.app:app", "--conf", "state_dir", str(tmp_path / "state")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
     assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
     assert "error: refusing to serve on 0.0.0.0 without access control" in result.stderr

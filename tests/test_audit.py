@@ -6,7 +6,6 @@ Tests run in file order on one server: auto-label the pool, then accept, reject 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,26 +13,20 @@ import numpy as np
 import pytest
 import requests
 
-from activelabel.audit import AuditLog, AuditRecord, Verdict
 from activelabel.cli import main
-from activelabel.data.phantoms import generate_datastore
-from activelabel.leases import LeaseStore
-from activelabel.server_process import ServerProcess
-from tests.conftest import start_test_server
+from activelabel.store.audit import AuditLog, AuditRecord, Verdict
+from activelabel.store.leases import LeaseStore
+from activelabel.testing.server_process import ServerProcess
+from tests.conftest import ServerFactory
 from tests.helpers import write_nifti
 
 UNLABELED = ["ct_001", "ct_002", "ct_003", "ct_004"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    studies = tmp_path_factory.mktemp("audit") / "studies"
-    generate_datastore(studies, modality="ct", count=5, seed=5, labeled=1)
-    running = start_test_server(studies, tmp_path_factory.mktemp("audit-server"))
-    try:
-        yield running
-    finally:
-        running.stop()
+def server(server_factory: ServerFactory) -> ServerProcess:
+    studies = server_factory.phantoms("audit", count=5, seed=5, labeled=1)
+    return server_factory.start(studies)
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import requests
 
-from activelabel.data.phantoms import generate_datastore
-from activelabel.server_process import ServerProcess
-from tests.conftest import start_test_server
+from activelabel.testing.server_process import ServerProcess
+from tests.conftest import ServerFactory
 from tests.helpers import write_nifti
 
 MAX_UPLOAD_MB = 1
@@ -314,18 +313,13 @@ def _label_files(studies: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+def target(server_factory: ServerFactory) -> Target:
     """One server (uploads limited to 1 MiB) on four CT phantoms, two labeled."""
-    work = tmp_path_factory.mktemp("bad-input")
-    studies = work / "studies"
-    generate_datastore(studies, modality="ct", count=4, seed=0, labeled=2)
-    running = start_test_server(studies, work, conf={"max_upload_mb": str(MAX_UPLOAD_MB)})
-    files = work / "files"
+    studies = server_factory.phantoms("bad-input", count=4, seed=0, labeled=2)
+    running = server_factory.start(studies, conf={"max_upload_mb": str(MAX_UPLOAD_MB)})
+    files = studies.parent / "files"
     files.mkdir()
-    try:
-        yield Target(running, files)
-    finally:
-        running.stop()
+    return Target(running, files)
 
 
 @pytest.fixture(scope="module")

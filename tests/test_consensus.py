@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from activelabel.consensus import pairwise_dice, staple, staple_files
+from activelabel.ml.consensus import pairwise_dice, staple, staple_files
 from tests.helpers import write_nifti
 
 NAMES = {"liver": 1, "spleen": 2}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from activelabel.cli import main
 from activelabel.simulation.cost import (
     DEFAULT_HOURS_PER_YEAR,
     FORMULA,
@@ -17,7 +17,6 @@ from activelabel.simulation.cost import (
     estimate,
     fraction_from_results,
 )
-from activelabel.simulation.cost_command import register
 
 # 250,000 images, 4 labelers at 2 minutes, 1 auditor at 10 seconds, $350/h.
 PUBLISHED = {
@@ -46,11 +45,7 @@ PUBLISHED_ARGS = [
 
 
 def _cli(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="activelabel")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return main(list(argv))
 
 
 def _write_results(path: Path, fraction: object) -> Path:

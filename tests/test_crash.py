@@ -22,11 +22,10 @@ import numpy as np
 import pytest
 import requests
 
-from activelabel.checkpoints import ModelStore
-from activelabel.data.phantoms import generate_datastore
-from activelabel.loadtest import check_labels
-from activelabel.server_process import ServerProcess, start_server
-from tests.conftest import start_test_server
+from activelabel.ml.checkpoints import ModelStore
+from activelabel.testing.loadtest import check_labels
+from activelabel.testing.server_process import ServerProcess
+from tests.conftest import ServerFactory
 
 TASK_TIMEOUT = 300.0
 
@@ -34,9 +33,9 @@ TASK_TIMEOUT = 300.0
 class Servers:
     """The servers a test started (the first and its restarts), all stopped at the end."""
 
-    def __init__(self, studies: Path, work: Path) -> None:
-        self.work = work
-        self.running = [start_test_server(studies, work, conf={"max_epochs": "50"})]
+    def __init__(self, factory: ServerFactory, studies: Path) -> None:
+        self.factory = factory
+        self.running = [factory.start(studies, conf={"max_epochs": "50"})]
 
     @property
     def current(self) -> ServerProcess:
@@ -48,17 +47,14 @@ class Servers:
         self.current.process.wait(timeout=30)
 
     def restart(self) -> ServerProcess:
-        server = self.current
-        log = self.work / f"restart-{len(self.running)}.log"
-        self.running.append(start_server(server.studies, log=log, conf=server.conf))
+        self.running.append(self.factory.restart(self.current))
         return self.current
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Servers]:
-    studies = tmp_path / "studies"
-    generate_datastore(studies, modality="ct", count=12, seed=5, labeled=2)
-    started = Servers(studies, tmp_path / "work")
+def servers(server_factory: ServerFactory) -> Iterator[Servers]:
+    studies = server_factory.phantoms("crash", count=12, seed=5, labeled=2)
+    started = Servers(server_factory, studies)
     try:
         yield started
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from activelabel.data import commands
+from activelabel.cli import build_parser, main
+from activelabel.commands import data as commands
 from activelabel.data.layout import (
     DatastoreError,
     DatastoreExistsError,
@@ -19,19 +19,16 @@ from activelabel.data.layout import (
     write_datastore,
 )
 from activelabel.data.phantoms import PHANTOM_LABELS, Phantom, generate_datastore, generate_phantom
-from activelabel.transforms import Modality
+from activelabel.ml.transforms import Modality
+from activelabel.testing.datasets import MSD_HIPPOCAMPUS
 
 SMALL = (24, 26, 20)
-MSD_MIRROR = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "msd-hippocampus"
+MSD_MIRROR = MSD_HIPPOCAMPUS
 
 
 def run(argv: list[str]) -> int:
-    """Parse and dispatch exactly as the main ``activelabel`` CLI does."""
-    parser = argparse.ArgumentParser(prog="activelabel")
-    sub = parser.add_subparsers(dest="command", required=True)
-    commands.register(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """The ``activelabel`` command line's exit code for ``argv``."""
+    return main(argv)
 
 
 def small_cases(modality: Modality, count: int) -> list[tuple[str, Phantom]]:
@@ -176,9 +173,7 @@ def test_generate_command_reports_bad_arguments_as_one_line(
 
 
 def test_generate_defaults_match_the_documented_ones() -> None:
-    parser = argparse.ArgumentParser(prog="activelabel")
-    commands.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["data", "generate", "--dest", "x"])
+    args = build_parser().parse_args(["data", "generate", "--dest", "x"])
     assert (args.count, args.modality, args.seed, args.labeled, args.overwrite) == (12, "ct", 0, 0, False)
     assert args.func is commands.run_generate
 

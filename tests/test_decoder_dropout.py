@@ -10,15 +10,15 @@ from monai.networks.nets import SegResNet
 from torch import nn
 
 from activelabel.config import ConfigError, load_settings
-from activelabel.decoder_dropout import (
+from activelabel.ml.decoder_dropout import (
     DecoderDropoutSampler,
     McMode,
     decoder_dropout_probabilities,
     split_samples,
     unet_levels,
 )
-from activelabel.inference import mc_dropout_samples, predict_probabilities, sliding_window
-from activelabel.networks import NetworkSpec, build_network
+from activelabel.ml.inference import mc_dropout_samples, predict_probabilities, sliding_window
+from activelabel.ml.networks import NetworkSpec, build_network
 
 SAMPLED_MODES = [mode for mode in McMode if mode is not McMode.FULL]
 ROI = (16, 16, 16)

@@ -18,20 +18,19 @@ import psutil
 import pytest
 import requests
 
-from activelabel.checkpoints import ModelStore
 from activelabel.cli import main
 from activelabel.config import Settings, load_settings
-from activelabel.data.phantoms import generate_datastore
-from activelabel.datastores import open_datastore
-from activelabel.distributed_scoring import score_distributed
-from activelabel.label_versions import LabelVersionStore
-from activelabel.ray_local import LocalRayCluster, start_local_cluster
-from activelabel.scores import ScoreStore
-from activelabel.scoring import ScoringOptions
-from activelabel.scoring_backends import LocalProcesses, RayCluster
-from activelabel.server_process import free_port
-from activelabel.uncertainty import VolumeUncertainty
-from tests.conftest import FAST_CONF, start_test_server
+from activelabel.datastore.factory import open_datastore
+from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.uncertainty import VolumeUncertainty
+from activelabel.scoring.backends import LocalProcesses, RayCluster
+from activelabel.scoring.distributed import score_distributed
+from activelabel.scoring.scorer import ScoringOptions
+from activelabel.store.label_versions import LabelVersionStore
+from activelabel.store.scores import ScoreStore
+from activelabel.testing.ray_local import LocalRayCluster, start_local_cluster
+from activelabel.testing.server_process import free_port
+from tests.conftest import FAST_CONF, ServerFactory
 
 # Coarse grid and a small network: a volume scores in about a second on one core.
 SMALL = {"spacing": "6,6,6", "roi_size": "32,32,32", "channels": "8,16,32"}
@@ -41,11 +40,9 @@ TASK_TIMEOUT = 240.0
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def studies(server_factory: ServerFactory) -> Path:
     """Five CT phantoms, the first one labeled."""
-    studies = tmp_path_factory.mktemp("distributed") / "studies"
-    generate_datastore(studies, modality="ct", count=5, seed=0, labeled=1)
-    return studies
+    return server_factory.phantoms("distributed", count=5, seed=0, labeled=1)
 
 
 @pytest.fixture(scope="module")
@@ -221,10 +218,9 @@ def test_a_killed_ray_worker_share_is_redone(studies: Path, tmp_path: Path, ray_
 
 
 def test_server_scoring_with_a_ray_address_scores_through_ray(
-    studies: Path, tmp_path: Path, ray_cluster: LocalRayCluster
+    studies: Path, server_factory: ServerFactory, ray_cluster: LocalRayCluster
 ) -> None:
-    server = start_test_server(studies, tmp_path, conf={**SMALL, "ray_address": ray_cluster.address})
-    try:
+    with server_factory.start(studies, conf={**SMALL, "ray_address": ray_cluster.address}) as server:
         response = requests.post(f"{server.url}/scoring/epistemic", json={}, timeout=60)
         assert response.status_code == 200, response.text
         deadline = time.monotonic() + TASK_TIMEOUT
@@ -238,5 +234,3 @@ def test_server_scoring_with_a_ray_address_scores_through_ray(
         store = ScoreStore(server.state_dir / "scores.sqlite")
         unlabeled = {path.name.removesuffix(".nii.gz") for path in studies.glob("*.nii.gz")} - {"ct_000"}
         assert set(_fresh(store)) == unlabeled
-    finally:
-        server.stop()

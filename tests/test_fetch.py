@@ -27,9 +27,9 @@ from activelabel.data.fetch import (
     extract_safely,
     fetch_msd_hippocampus,
 )
+from activelabel.testing.datasets import MSD_HIPPOCAMPUS
 
-SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-MSD_MIRROR = SHARED_DATASETS / "msd-hippocampus"
+MSD_MIRROR = MSD_HIPPOCAMPUS
 TINY_CASES = ("hippocampus_001", "hippocampus_003", "hippocampus_004")
 
 needs_mirror = pytest.mark.skipif(

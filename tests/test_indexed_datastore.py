@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from monailabel.datastore.local import LocalDatastore
 
-from activelabel.datastore_db import DatastoreDatabase
-from activelabel.scores import ScoreStore
-from activelabel.tasks.indexed_datastore import DATABASE_FILE, IndexedLocalDatastore
-from activelabel.uncertainty import VolumeUncertainty
+from activelabel.datastore.index_db import DatastoreDatabase
+from activelabel.datastore.indexed import DATABASE_FILE, IndexedLocalDatastore
+from activelabel.ml.uncertainty import VolumeUncertainty
+from activelabel.store.scores import ScoreStore
 from tests.helpers import tiny_datastore
 
 EXT = ("*.nii.gz",)

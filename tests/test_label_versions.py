@@ -7,7 +7,6 @@ submissions, a correction and a label shipped with the studies all become versio
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,10 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
-from activelabel.data.phantoms import generate_datastore
-from activelabel.label_versions import LabelSource, LabelVersionStore, Provenance, file_sha256
-from activelabel.server_process import ServerProcess
-from activelabel.validation import InputRejected
-from tests.conftest import start_test_server
+from activelabel.store.label_versions import LabelSource, LabelVersionStore, Provenance, file_sha256
+from activelabel.store.validation import InputRejected
+from activelabel.testing.server_process import ServerProcess
+from tests.conftest import ServerFactory
 from tests.helpers import write_nifti
 
 
@@ -94,14 +92,9 @@ def test_image_ids_that_are_not_plain_names_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    studies = tmp_path_factory.mktemp("versions") / "studies"
-    generate_datastore(studies, modality="ct", count=4, seed=4, labeled=1)
-    running = start_test_server(studies, tmp_path_factory.mktemp("versions-server"))
-    try:
-        yield running
-    finally:
-        running.stop()
+def server(server_factory: ServerFactory) -> ServerProcess:
+    studies = server_factory.phantoms("versions", count=4, seed=4, labeled=1)
+    return server_factory.start(studies)
 
 
 @pytest.fixture(scope="module")

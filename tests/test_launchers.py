@@ -13,17 +13,16 @@ import pytest
 import requests
 
 from activelabel.cli import main
-from activelabel.data.phantoms import generate_datastore
-from activelabel.server_process import free_port
-from tests.conftest import start_test_server
+from activelabel.testing.server_process import free_port
+from tests.conftest import ServerFactory
 from tests.helpers import REPO, write_nifti
 
 
-def test_monailabel_start_server_serves_the_app_with_upload_checks(tmp_path: Path) -> None:
-    studies = tmp_path / "studies"
-    generate_datastore(studies, modality="ct", count=2, seed=1, labeled=1)
-    server = start_test_server(studies, tmp_path, launcher="monailabel")
-    try:
+def test_monailabel_start_server_serves_the_app_with_upload_checks(
+    server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    studies = server_factory.phantoms("launchers", count=2, seed=1, labeled=1)
+    with server_factory.start(studies, launcher="monailabel") as server:
         info = requests.get(f"{server.url}/info/", timeout=30).json()
         assert "segmentation" in info["models"]
         assert "epistemic" in info["scoring"]
@@ -38,8 +37,6 @@ def test_monailabel_start_server_serves_the_app_with_upload_checks(tmp_path: Pat
         assert not (studies / "labels" / "final" / "ct_001.nii.gz").exists()
         # The extra endpoints are part of `activelabel serve` only.
         assert requests.get(f"{server.url}/activelabel/status", timeout=30).status_code == 404
-    finally:
-        server.stop()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -3,28 +3,21 @@ release it; enough new labels start one training run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-from activelabel.data.phantoms import generate_datastore
-from activelabel.leases import LeasedDatastoreView, LeaseStore
-from activelabel.server_process import ServerProcess
-from tests.conftest import start_test_server
+from activelabel.store.leases import LeasedDatastoreView, LeaseStore
+from activelabel.testing.server_process import ServerProcess
+from tests.conftest import ServerFactory
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    studies = tmp_path_factory.mktemp("leases") / "studies"
-    generate_datastore(studies, modality="ct", count=5, seed=2, labeled=1)
-    running = start_test_server(studies, tmp_path_factory.mktemp("leases-server"), conf={"retrain_after": "1"})
-    try:
-        yield running
-    finally:
-        running.stop()
+def server(server_factory: ServerFactory) -> ServerProcess:
+    studies = server_factory.phantoms("leases", count=5, seed=2, labeled=1)
+    return server_factory.start(studies, conf={"retrain_after": "1"})
 
 
 def _next(server: ServerProcess, client: str, strategy: str = "random") -> dict:

@@ -5,26 +5,19 @@ A short version of ``make bench``'s load test (20 clinicians for 10 minutes).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from activelabel.data.phantoms import generate_datastore
-from activelabel.loadtest import LoadConfig, check_labels, run_load
-from activelabel.server_process import ServerProcess
-from tests.conftest import start_test_server
+from activelabel.testing.loadtest import LoadConfig, check_labels, run_load
+from activelabel.testing.server_process import ServerProcess
+from tests.conftest import ServerFactory
 
 
 @pytest.fixture(scope="module")
-def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    studies = tmp_path_factory.mktemp("load") / "studies"
-    generate_datastore(studies, modality="ct", count=16, seed=3, labeled=0)
-    running = start_test_server(studies, tmp_path_factory.mktemp("load-server"))
-    try:
-        yield running
-    finally:
-        running.stop()
+def crowded(server_factory: ServerFactory) -> ServerProcess:
+    studies = server_factory.phantoms("load", count=16, seed=3, labeled=0)
+    return server_factory.start(studies)
 
 
 def test_concurrent_clinicians_get_distinct_volumes_and_every_acknowledged_label_is_stored(

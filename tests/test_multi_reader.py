@@ -4,7 +4,6 @@ consensus becomes the final label, and a reader is never served a volume twice."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +12,22 @@ import numpy as np
 import pytest
 import requests
 
-from activelabel.consensus import pairwise_dice
 from activelabel.data.phantoms import generate_datastore
-from activelabel.label_versions import LabelSource, LabelVersionStore, Provenance
+from activelabel.datastore.local import ValidatingDatastore
 from activelabel.labelmap import LabelMap
-from activelabel.server_process import ServerProcess
-from activelabel.tasks.datastore import ValidatingDatastore
-from tests.conftest import start_test_server
+from activelabel.ml.consensus import pairwise_dice
+from activelabel.store.label_versions import LabelSource, LabelVersionStore, Provenance
+from activelabel.testing.server_process import ServerProcess
+from tests.conftest import ServerFactory
 from tests.helpers import write_nifti
 
 LABELS = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    studies = tmp_path_factory.mktemp("readers") / "studies"
-    generate_datastore(studies, modality="ct", count=4, seed=6, labeled=1)
-    running = start_test_server(studies, tmp_path_factory.mktemp("readers-server"), conf={"readers": "2"})
-    try:
-        yield running
-    finally:
-        running.stop()
+def server(server_factory: ServerFactory) -> ServerProcess:
+    studies = server_factory.phantoms("readers", count=4, seed=6, labeled=1)
+    return server_factory.start(studies, conf={"readers": "2"})
 
 
 @pytest.fixture(scope="module")

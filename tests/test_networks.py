@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from activelabel.networks import NetworkSpec, build_network, initial_state, mc_dropout
+from activelabel.ml.networks import NetworkSpec, build_network, initial_state, mc_dropout
 
 
 @pytest.fixture

@@ -18,14 +18,15 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, Response, sync_playwright
 
-from activelabel.cli import build_parser, server_command
+from activelabel.cli import build_parser
+from activelabel.commands.serve import server_command
 from activelabel.data.phantoms import PHANTOM_LABELS, generate_datastore
 from activelabel.data.to_dicom import ConvertedSeries, datastore_to_dicom
 from activelabel.labelmap import LabelMap
+from activelabel.ml.transforms import Modality
 from activelabel.pacs.orthanc import OrthancConfig, start_orthanc, stop_orthanc, upload
-from activelabel.server_process import ServerProcess, free_port, start_server
-from activelabel.transforms import Modality
-from tests.conftest import FAST_CONF
+from activelabel.testing.server_process import ServerProcess, free_port
+from tests.conftest import ServerFactory
 from tests.test_pacs import _require_orthanc
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,7 +45,9 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> ConvertedSeries:
 
 
 @pytest.fixture(scope="module")
-def ohif_server(sample: ConvertedSeries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def ohif_server(
+    sample: ConvertedSeries, server_factory: ServerFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     """Orthanc with the sample loaded and the server on it (PACS credentials as settings only)."""
     _require_orthanc()
     work = tmp_path_factory.mktemp("ohif")
@@ -53,17 +56,12 @@ def ohif_server(sample: ConvertedSeries, tmp_path_factory: pytest.TempPathFactor
     try:
         upload(pacs, [sample.folder])
         conf = {
-            **FAST_CONF,
-            "state_dir": str(work / "state"),
             "labels": json.dumps(LabelMap.from_mapping(PHANTOM_LABELS[Modality.CT]).to_dict()),
             "pacs_user": pacs.user,
             "pacs_password": pacs.password,
         }
-        server = start_server(pacs.dicomweb_url, log=work / "server.log", conf=conf)
-        try:
+        with server_factory.start(pacs.dicomweb_url, conf=conf, work=work) as server:
             yield server
-        finally:
-            server.stop()
     finally:
         stop_orthanc(pacs.data_dir)
 

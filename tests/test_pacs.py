@@ -21,6 +21,7 @@ from monailabel.client import MONAILabelClient
 from activelabel.data.phantoms import PHANTOM_LABELS, generate_datastore
 from activelabel.data.to_dicom import ConvertedSeries, datastore_to_dicom
 from activelabel.labelmap import LabelMap
+from activelabel.ml.transforms import Modality
 from activelabel.pacs.dicom_seg import SegmentOrigin, build_seg, seg_to_labelmap
 from activelabel.pacs.dicomweb import PacsAuthError, PacsClient
 from activelabel.pacs.geometry import GeometryMismatch, SeriesGeometry
@@ -35,9 +36,8 @@ from activelabel.pacs.orthanc import (
     stop_orthanc,
     upload,
 )
-from activelabel.server_process import ServerProcess, free_port, start_server
-from activelabel.transforms import Modality
-from tests.conftest import FAST_CONF
+from activelabel.testing.server_process import ServerProcess, free_port
+from tests.conftest import ServerFactory
 from tests.helpers import SHARED_DATASETS
 
 TOTALSEG = SHARED_DATASETS / "ct-dicom-totalseg"
@@ -87,23 +87,16 @@ def loaded(pacs: OrthancConfig, sample_series: dict[Modality, list[ConvertedSeri
 
 
 @pytest.fixture(scope="module")
-def pacs_server(loaded: OrthancConfig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def pacs_server(loaded: OrthancConfig, server_factory: ServerFactory) -> ServerProcess:
     """``activelabel serve --studies <DICOMweb URL>`` on the loaded PACS."""
-    work = tmp_path_factory.mktemp("pacs-server")
     conf = {
-        **FAST_CONF,
-        "state_dir": str(work / "state"),
         "labels": json.dumps(CT_LABELS.to_dict()),
         "pacs_user": loaded.user,
         "pacs_password": loaded.password,
         "pacs_list_seconds": "0",
         "pacs_timeout": "5",
     }
-    server = start_server(loaded.dicomweb_url, log=work / "server.log", conf=conf)
-    try:
-        yield server
-    finally:
-        server.stop()
+    return server_factory.start(loaded.dicomweb_url, conf=conf)
 
 
 def _client(pacs: OrthancConfig) -> PacsClient:

@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from activelabel.data.phantoms import AIR_HU, PHANTOM_LABELS, SPACINGS, Phantom, generate_phantom
-from activelabel.transforms import Modality
+from activelabel.ml.transforms import Modality
 
 CT_LABELS = PHANTOM_LABELS[Modality.CT]
 MR_LABELS = PHANTOM_LABELS[Modality.MR]

@@ -11,9 +11,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
-from activelabel import regrid
-from activelabel.regrid import RestoreToImageGridd, restore_to_image_grid
-from activelabel.transforms import inference_transforms, preset_for
+from activelabel.ml import regrid
+from activelabel.ml.regrid import RestoreToImageGridd, restore_to_image_grid
+from activelabel.ml.transforms import inference_transforms, preset_for
 from tests.helpers import write_nifti
 
 # (voxel sizes with signs, shape, preset spacing): flipped and swapped axes, anisotropic

@@ -17,8 +17,8 @@ import requests
 from monailabel.client import MONAILabelClient
 
 from activelabel.cli import main
-from activelabel.scores import ScoreStore
-from activelabel.server_process import ServerProcess
+from activelabel.store.scores import ScoreStore
+from activelabel.testing.server_process import ServerProcess
 from tests.helpers import SHARED_DATASETS, write_nifti
 
 TASK_TIMEOUT = 300.0

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from activelabel.config import ConfigError, load_settings
-from activelabel.transforms import Modality
-from activelabel.uncertainty import UncertaintyMetric
+from activelabel.ml.transforms import Modality
+from activelabel.ml.uncertainty import UncertaintyMetric
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 from activelabel.cli import main
 from activelabel.config import load_settings
 from activelabel.data.phantoms import generate_datastore
+from activelabel.ml.training import epoch_order
 from activelabel.simulation.loop import Simulation, SimulationConfig, preprocess, split_cases
-from activelabel.training import epoch_order
 
 TINY_CONF = {"roi_size": "48,48,48", "channels": "8,16,32", "modality": "mr"}
 

@@ -11,7 +11,6 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -21,11 +20,10 @@ import requests
 import slicer
 
 from activelabel.config import KEYS
-from activelabel.data.phantoms import generate_datastore
-from activelabel.scores import ScoreStore
-from activelabel.server_process import ServerProcess, free_port
-from activelabel.uncertainty import VolumeUncertainty
-from tests.conftest import start_test_server
+from activelabel.ml.uncertainty import VolumeUncertainty
+from activelabel.store.scores import ScoreStore
+from activelabel.testing.server_process import ServerProcess, free_port
+from tests.conftest import ServerFactory
 
 EXTENSION = Path(__file__).resolve().parents[1] / "slicer_extension" / "ActiveLabel"
 sys.path.insert(0, str(EXTENSION))
@@ -58,22 +56,17 @@ class ManualClock:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def served(server_factory: ServerFactory) -> ServerProcess:
     """A server on four CT phantoms, one labeled, the other three scored by model v0."""
-    work = tmp_path_factory.mktemp("slicer-server")
-    studies = work / "studies"
-    generate_datastore(studies, modality="ct", count=4, seed=0, labeled=1)
+    studies = server_factory.phantoms("slicer-server", count=4, seed=0, labeled=1)
+    work = studies.parent
     scores = ScoreStore(work / "state" / "scores.sqlite")
     for image_id, value in SEEDED_SCORES.items():
         uncertainty = VolumeUncertainty(
             entropy=value, mutual_information=value, variance=value, foreground_fraction=0.2, samples=2
         )
         scores.put(image_id, 0, uncertainty, seconds=0.1)
-    running = start_test_server(studies, work)
-    try:
-        yield running
-    finally:
-        running.stop()
+    return server_factory.start(studies, work=work)
 
 
 @pytest.fixture(scope="module")

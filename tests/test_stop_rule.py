@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from activelabel.simulation.stop_rule import RoundSignals, StopRule, replay
+from activelabel.server.stop_rule import RoundSignals, StopRule, replay
 
 
 def _history(agreements: list[float], val: list[float]) -> list[RoundSignals]:

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from activelabel.checkpoints import ModelStore
-from activelabel.networks import NetworkSpec, build_network
-from activelabel.scores import ScoreStore
-from activelabel.uncertainty import VolumeUncertainty
+from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.networks import NetworkSpec, build_network
+from activelabel.ml.uncertainty import VolumeUncertainty
+from activelabel.store.scores import ScoreStore
 
 SPEC = NetworkSpec(out_channels=3, channels=(4, 8), strides=(2,))
 LABELS = {"a": 1, "b": 2}

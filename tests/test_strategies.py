@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from monailabel.datastore.local import LocalDatastore
 
-from activelabel.scores import ScoreStore
+from activelabel.datastore.indexed import IndexedLocalDatastore
+from activelabel.ml.uncertainty import UncertaintyMetric, VolumeUncertainty
+from activelabel.store.scores import ScoreStore
 from activelabel.strategies.diverse import DiverseUncertain, cosine_distances, diversity_priority
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample, pick_random
-from activelabel.tasks.indexed_datastore import IndexedLocalDatastore
-from activelabel.uncertainty import UncertaintyMetric, VolumeUncertainty
 from tests.helpers import tiny_datastore
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from activelabel.task_guard import guarded_kind
+from activelabel.server.task_guard import guarded_kind
 
 
 @pytest.mark.parametrize(

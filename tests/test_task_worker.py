@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,10 @@ import psutil
 import pytest
 import requests
 
-from activelabel.data.phantoms import generate_datastore
-from activelabel.server_process import ServerProcess
-from activelabel.task_protocol import STOCK_MODULE
-from activelabel.task_worker import CLIENT_MODULE, worker_command
-from tests.conftest import start_test_server
+from activelabel.testing.server_process import ServerProcess
+from activelabel.workers.launcher import CLIENT_MODULE, worker_command
+from activelabel.workers.protocol import STOCK_MODULE
+from tests.conftest import ServerFactory
 
 TASK_TIMEOUT = 300.0
 FORKED = "activelabel task worker: running the task in forked process"
@@ -30,20 +29,14 @@ LONG_TRAINING = {"max_epochs": 200}
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def studies(server_factory: ServerFactory) -> Path:
     """Three CT phantoms, two labeled: one volume to score, enough to train."""
-    folder = tmp_path_factory.mktemp("worker") / "studies"
-    generate_datastore(folder, modality="ct", count=3, seed=0, labeled=2)
-    return folder
+    return server_factory.phantoms("worker", count=3, seed=0, labeled=2)
 
 
 @pytest.fixture(scope="module")
-def server(studies: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    running = start_test_server(studies, tmp_path_factory.mktemp("worker-server"))
-    try:
-        yield running
-    finally:
-        running.stop()
+def server(studies: Path, server_factory: ServerFactory) -> ServerProcess:
+    return server_factory.start(studies)
 
 
 def _wait_until(condition: Callable[[], Any], *, what: str, timeout: float = TASK_TIMEOUT) -> Any:
@@ -79,7 +72,7 @@ def _worker(server: ServerProcess) -> psutil.Process | None:
     """The server's task worker process, if one runs."""
     for child in psutil.Process(server.process.pid).children():
         try:
-            if "activelabel.task_zygote" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+            if "activelabel.workers.zygote" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
                 return child
         except psutil.NoSuchProcess:
             continue
@@ -117,7 +110,9 @@ def test_only_the_stock_task_command_is_rewritten() -> None:
 
 def test_task_client_imports_no_torch() -> None:
     heavy = "{'torch', 'numpy', 'monai', 'monailabel'}"
-    code = f"import sys, activelabel.task_client; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
+    code = (
+        f"import sys, activelabel.workers.client; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
+    )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
 
@@ -190,13 +185,10 @@ def test_stopping_the_server_stops_the_worker_and_its_tasks(server: ServerProces
     _wait_until(lambda: _gone(worker) and _gone(forked), what="the worker and its task to exit", timeout=30)
 
 
-def test_with_task_worker_off_tasks_run_in_fresh_processes(studies: Path, tmp_path: Path) -> None:
-    running = start_test_server(studies, tmp_path, conf={"task_worker": "false"})
-    try:
+def test_with_task_worker_off_tasks_run_in_fresh_processes(studies: Path, server_factory: ServerFactory) -> None:
+    with server_factory.start(studies, conf={"task_worker": "false"}) as running:
         assert _worker(running) is None
         task = _run(running, "scoring")
         assert task["status"] == "DONE", task
         assert "activelabel task worker" not in "\n".join(task["details"])
         assert _worker(running) is None
-    finally:
-        running.stop()

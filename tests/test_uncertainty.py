@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from activelabel.uncertainty import (
+from activelabel.ml.uncertainty import (
     SampleAccumulator,
     UncertaintyMetric,
     aggregate,

@@ -11,14 +11,14 @@ import pytest
 import requests
 import torch
 
-from activelabel.checkpoints import ModelStore
 from activelabel.config import KEYS
-from activelabel.inference import PublishedModel
-from activelabel.networks import NetworkSpec, build_network
-from activelabel.server_process import ServerProcess
-from activelabel.transforms import preset_for
-from activelabel.uncertainty import UncertaintyMetric
-from activelabel.uncertainty_map import UncertaintyMapCache, uncertainty_map
+from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.inference import PublishedModel
+from activelabel.ml.networks import NetworkSpec, build_network
+from activelabel.ml.transforms import preset_for
+from activelabel.ml.uncertainty import UncertaintyMetric
+from activelabel.ml.uncertainty_map import UncertaintyMapCache, uncertainty_map
+from activelabel.testing.server_process import ServerProcess
 from tests.helpers import write_nifti
 
 PRESET = preset_for("mr")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from activelabel.labelmap import LabelMap
-from activelabel.validation import InputRejected, check_image, check_label
+from activelabel.store.validation import InputRejected, check_image, check_label
 from tests.helpers import write_nifti
 
 LABELS = LabelMap.from_mapping({"liver": 1, "spleen": 2})

@@ -21,25 +21,25 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 
 import activelabel
-from activelabel.audit import AuditLog
-from activelabel.checkpoints import ModelStore
-from activelabel.config import load_settings
-from activelabel.datastores import open_datastore
-from activelabel.identifiers import check_local_source, check_name
-from activelabel.label_versions import LabelVersionStore
-from activelabel.leases import LeasedDatastoreView, LeaseStore
-from activelabel.request_user import caller_name
-from activelabel.scores import ScoreStore
+from activelabel.access.request_user import caller_name
+from activelabel.config import is_remote, load_settings
+from activelabel.datastore.factory import open_datastore
+from activelabel.ml.checkpoints import ModelStore
+from activelabel.server.task_guard import task_pending
+from activelabel.store.audit import AuditLog
+from activelabel.store.identifiers import check_local_source, check_name
+from activelabel.store.label_versions import LabelVersionStore
+from activelabel.store.leases import LeasedDatastoreView, LeaseStore
+from activelabel.store.scores import ScoreStore
+from activelabel.store.submissions import SubmissionLog, label_agreement
+from activelabel.store.validation import InputRejected
 from activelabel.strategies.audit import AuditSample
 from activelabel.strategies.diverse import DiverseUncertain
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
-from activelabel.submissions import SubmissionLog, label_agreement
-from activelabel.task_guard import task_pending
 from activelabel.tasks.infer import SegmentationInfer
 from activelabel.tasks.scoring import EpistemicScoring
 from activelabel.tasks.train import SegmentationTrainer
-from activelabel.validation import InputRejected
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
 
     def _check_infer_image(self, image: str, datastore: Datastore) -> None:
         """Refuse server-side paths outside the studies folder and ids the datastore does not know."""
-        remote = self.studies.startswith(("http://", "https://"))
+        remote = is_remote(self.studies)
         sessions = self.sessions()
         roots = [path for path in (None if remote else self.studies, sessions and sessions.store_path) if path]
         try:

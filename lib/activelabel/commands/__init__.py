@@ -1,0 +1,1 @@
+"""The ``activelabel`` subcommands, one module each; :mod:`activelabel.cli` dispatches to them."""

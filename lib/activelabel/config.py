@@ -1,0 +1,359 @@
+"""Typed settings of the ActiveLabel app, in one place.
+
+Values come from MONAI Label's ``--conf KEY VALUE`` pairs first, then from environment
+variables ``ACTIVELABEL_<KEY>`` (upper case), then from the defaults below.  Every key is
+listed in :data:`KEYS` with its meaning; the README's configuration table is that list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from activelabel.access.mode import AuthSetting
+from activelabel.errors import ConfigError
+from activelabel.labelmap import LABELS_FILE, LabelMap
+from activelabel.ml.decoder_dropout import McMode
+from activelabel.ml.networks import NetworkSpec
+from activelabel.ml.transforms import Modality, Preset, preset_for
+from activelabel.ml.uncertainty import UncertaintyMetric
+
+ENV_PREFIX = "ACTIVELABEL_"
+
+DEFAULT_APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "radiology_al"
+"""The MONAI Label app of this repository, used when no ``--app`` is given."""
+
+
+def _floats(text: str, count: int) -> tuple[float, ...]:
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) != count:
+        raise ValueError(f"expected {count} comma-separated numbers")
+    return tuple(float(p) for p in parts)
+
+
+def _spacing(text: str) -> tuple[float, float, float] | None:
+    if text.strip().lower() in ("none", "native", ""):
+        return None
+    values = _floats(text, 3)
+    if min(values) <= 0:
+        raise ValueError("spacing must be positive")
+    return values  # type: ignore[return-value]
+
+
+def _roi(text: str) -> tuple[int, int, int]:
+    values = tuple(int(v) for v in _floats(text, 3))
+    if min(values) < 8:
+        raise ValueError("each roi dimension must be >= 8")
+    return values  # type: ignore[return-value]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    values = tuple(int(p) for p in text.split(",") if p.strip())
+    if len(values) < 2 or min(values) < 1:
+        raise ValueError("expected at least two positive integers")
+    return values
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError("must be in [0, 1)")
+    return value
+
+
+def _modalities(text: str) -> tuple[str, ...]:
+    values = tuple(p.strip().upper() for p in text.split(",") if p.strip())
+    if not values or "SEG" in values:
+        raise ValueError("expected image modalities such as CT,MR (SEG series are labels)")
+    return values
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+@dataclass(frozen=True)
+class Key:
+    """One configuration key: its default (as text), parser and meaning."""
+
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+
+
+KEYS: dict[str, Key] = {
+    "modality": Key("ct", lambda t: Modality(t.lower()), "ct or mr: intensity normalization and default spacing"),
+    "labels": Key(None, str, f"JSON object or file of label name -> value (default: <studies>/{LABELS_FILE})"),
+    "spacing": Key(None, _spacing, "target voxel spacing in mm, e.g. 3,3,3, or none (default: modality preset)"),
+    "roi_size": Key(None, _roi, "patch size for training and sliding-window inference (default: modality preset)"),
+    "channels": Key("16,32,64,128", _ints, "UNet feature maps per level"),
+    "dropout": Key("0.2", _fraction, "dropout probability in every UNet block (MC dropout needs > 0)"),
+    "mc_samples": Key("4", _positive_int, "Monte-Carlo dropout samples per volume when scoring"),
+    "uncertainty_metric": Key(
+        "mutual_information",
+        lambda t: UncertaintyMetric(t.lower()),
+        "score ranked by most_uncertain: entropy, mutual_information or variance",
+    ),
+    "foreground_dilation": Key("3", int, "voxels by which the predicted foreground grows before aggregating"),
+    "sw_overlap": Key("0.25", _fraction, "overlap of sliding-window inference"),
+    "max_epochs": Key("20", _positive_int, "training epochs per run (a request may override)"),
+    "learning_rate": Key("0.001", float, "Adam learning rate"),
+    "val_split": Key("0.2", _fraction, "fraction of labeled volumes held out for validation"),
+    "samples_per_volume": Key("2", _positive_int, "random patches drawn per volume per epoch"),
+    "seed": Key("0", int, "seed of the initial weights, the validation split and training"),
+    "device": Key("auto", str, "auto, cpu or cuda[:N]"),
+    "model_dir": Key(None, str, "checkpoint directory (default: <state_dir>/model)"),
+    "state_dir": Key(None, str, "scores and model state (default: <studies>/.activelabel, or <app>/state for PACS)"),
+    "preload": Key("false", _bool, "load the network when the server starts"),
+    "retrain_after": Key("10", int, "start training after this many new labels (0: only on request)"),
+    "lease_seconds": Key("1800", _positive_int, "how long a served volume stays reserved for its client"),
+    "readers": Key(
+        "1", _positive_int, "distinct readers whose final labels a volume needs; above 1 training uses their consensus"
+    ),
+    "stop_window": Key("5", _positive_int, "submissions per round when the stop rule judges a plateau"),
+    "stop_min_agreement": Key(
+        "0.8", _fraction, "agreement (Dice of pre-segmentation vs submission) that stops labeling on a plateau"
+    ),
+    "stop_max_gap": Key(
+        "0.05", _fraction, "stop once agreement is within this of validation Dice (the picks have caught up)"
+    ),
+    "users_file": Key(None, str, "JSON file of users, roles and credential hashes (see `activelabel users add`)"),
+    "auth": Key(
+        "auto",
+        lambda t: AuthSetting(t.strip().lower()),
+        "auto (on with a users file, off on loopback), on, or off (no access control on any address)",
+    ),
+    "max_upload_mb": Key("2048", _positive_int, "largest request body in MiB; larger uploads get 413"),
+    "pacs_user": Key(None, str, "DICOMweb user name of the PACS (studies given as a URL)"),
+    "pacs_password": Key(None, str, "DICOMweb password of the PACS (prefer the ACTIVELABEL_PACS_PASSWORD variable)"),
+    "pacs_modalities": Key("CT,MR", _modalities, "series modalities listed as images from the PACS"),
+    "pacs_timeout": Key("30", _positive_float, "seconds before a PACS request counts as failed (503)"),
+    "pacs_list_seconds": Key("10", _non_negative_float, "seconds a PACS series listing is reused"),
+    "task_worker": Key(
+        "true", _bool, "fork train/scoring tasks from a pre-imported worker (false: a fresh Python process each)"
+    ),
+    "ray_address": Key(None, str, "HOST:PORT of a Ray cluster's head: scoring runs as Ray tasks there"),
+    "scoring_workers": Key(
+        None,
+        _positive_int,
+        "scoring workers: local processes when above 1, or Ray tasks at once with ray_address "
+        "(default: 1 locally, scoring inside the scoring task; one per cluster CPU on Ray)",
+    ),
+    "mc_mode": Key(
+        "decoder",
+        McMode.parse,
+        "MC-dropout layers sampled when scoring: full (every layer, one network pass per sample), batched (every "
+        "layer, samples as one batch), or only from the bottleneck, decoder (up path) or head (output block) on, "
+        "the rest computed once per window (see bench/cheap_uncertainty.py)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one app instance."""
+
+    preset: Preset
+    labels: LabelMap
+    network: NetworkSpec
+    mc_samples: int
+    uncertainty_metric: UncertaintyMetric
+    foreground_dilation: int
+    sw_overlap: float
+    max_epochs: int
+    learning_rate: float
+    val_split: float
+    samples_per_volume: int
+    seed: int
+    device: str
+    state_dir: Path
+    model_dir: Path
+    preload: bool
+    stop_window: int
+    stop_min_agreement: float
+    stop_max_gap: float
+    lease_seconds: int
+    retrain_after: int
+    readers: int = 1
+    task_worker: bool = True
+    ray_address: str | None = None
+    scoring_workers: int | None = None
+    mc_mode: McMode = McMode.DECODER
+
+    @property
+    def scores_path(self) -> Path:
+        return self.state_dir / "scores.sqlite"
+
+    @property
+    def submissions_path(self) -> Path:
+        return self.state_dir / "submissions.sqlite"
+
+    @property
+    def leases_path(self) -> Path:
+        return self.state_dir / "leases.sqlite"
+
+    @property
+    def label_versions_dir(self) -> Path:
+        return self.state_dir / "label-versions"
+
+    @property
+    def label_versions_path(self) -> Path:
+        return self.state_dir / "label-versions.sqlite"
+
+    @property
+    def audits_path(self) -> Path:
+        return self.state_dir / "audits.sqlite"
+
+
+def _raw(key: str, conf: Mapping[str, str], env: Mapping[str, str]) -> str | None:
+    if key in conf and conf[key] is not None:
+        return str(conf[key])
+    return env.get(ENV_PREFIX + key.upper())
+
+
+def _value(key: str, conf: Mapping[str, str], env: Mapping[str, str]) -> Any:
+    spec = KEYS[key]
+    text = _raw(key, conf, env)
+    if text is None:
+        text = spec.default
+    if text is None:
+        return None
+    try:
+        return spec.parse(text)
+    except ValueError as error:
+        raise ConfigError(f"invalid value {text!r} for '{key}': {error}") from None
+
+
+def setting(key: str, *, conf: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None) -> Any:
+    """One key's parsed value from ``conf``, then the environment, then its default.
+
+    Raises:
+        ConfigError: when the value does not parse.
+    """
+    return _value(key, dict(conf or {}), os.environ if env is None else env)
+
+
+def resolve_studies(studies: str) -> str:
+    """A DICOMweb URL as given, a studies folder as its absolute path.
+
+    Raises:
+        ConfigError: when the folder does not exist.
+    """
+    if is_remote(studies):
+        return studies
+    path = Path(studies).resolve()
+    if not path.is_dir():
+        raise ConfigError(f"studies folder not found: {path}")
+    return str(path)
+
+
+def is_remote(studies: str) -> bool:
+    """Whether ``studies`` names a DICOMweb server (an ``http(s)://`` URL) rather than a folder."""
+    return studies.startswith(("http://", "https://"))
+
+
+def _default_state_dir(studies: str, app_dir: str) -> Path:
+    if is_remote(studies):
+        digest = hashlib.sha1(studies.encode()).hexdigest()[:12]
+        return Path(app_dir) / "state" / digest
+    return Path(studies) / ".activelabel"
+
+
+def _labels(text: str | None, studies: str) -> LabelMap:
+    if text is None:
+        candidate = Path(studies) / LABELS_FILE
+        if is_remote(studies) or not candidate.is_file():
+            raise ConfigError(
+                f"no labels configured: put a {LABELS_FILE} of name -> value into the studies folder "
+                "or pass --conf labels '{\"liver\": 1}' (a JSON object or a file path)"
+            )
+        text = str(candidate)
+    try:
+        return LabelMap.from_json(text)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"invalid value for 'labels': {error}") from None
+
+
+def _device(text: str) -> str:
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return text
+
+
+def load_settings(
+    conf: Mapping[str, str] | None,
+    *,
+    studies: str,
+    app_dir: str,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve every key for an app serving ``studies`` from ``app_dir``.
+
+    Keys that are not ours are ignored: MONAI Label passes its own through ``--conf`` too.
+
+    Raises:
+        ConfigError: on a value that does not parse, or when no labels are configured.
+    """
+    conf = dict(conf or {})
+    env = os.environ if env is None else env
+    values = {key: _value(key, conf, env) for key in KEYS if key != "labels"}
+    labels = _labels(_raw("labels", conf, env), studies)
+    preset = preset_for(values["modality"])
+    if _raw("spacing", conf, env) is not None:  # "none" is a value: keep each image's own spacing
+        preset = replace(preset, spacing=values["spacing"])
+    if values["roi_size"] is not None:
+        preset = replace(preset, roi_size=values["roi_size"])
+    channels = values["channels"]
+    network = NetworkSpec(
+        out_channels=labels.num_channels,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        dropout=values["dropout"],
+    )
+    divisor = network.size_divisor
+    if any(size % divisor for size in preset.roi_size):
+        raise ConfigError(f"roi_size {preset.roi_size} must be a multiple of {divisor} for this network")
+    state_dir = Path(values["state_dir"]) if values["state_dir"] else _default_state_dir(studies, app_dir)
+    model_dir = Path(values["model_dir"]) if values["model_dir"] else state_dir / "model"
+    derived = {
+        "preset": preset,
+        "labels": labels,
+        "network": network,
+        "device": _device(values["device"]),
+        "state_dir": state_dir,
+        "model_dir": model_dir,
+    }
+    # Every other field of Settings is the key of the same name, parsed.
+    return Settings(**{f.name: derived[f.name] if f.name in derived else values[f.name] for f in fields(Settings)})

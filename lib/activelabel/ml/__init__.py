@@ -1,0 +1,1 @@
+"""Machine learning: networks, pre-processing, inference, training, uncertainty and metrics."""

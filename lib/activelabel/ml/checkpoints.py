@@ -1,0 +1,121 @@
+"""Versioned model checkpoints of one labeling project.
+
+A checkpoint file holds ``{"model": state_dict, "activelabel": info}`` so the weights and
+the version that describes them can never disagree; a JSON copy of the info sits beside it
+for cheap status queries.  Version 0 is the deterministic untrained network; each finished
+training run publishes the next version.  Both files are replaced atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+
+from activelabel.fsutil import atomic_write, atomic_write_json, read_json
+from activelabel.ml.networks import NetworkSpec, initial_state
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a published model is: its version, architecture, labels and validation scores."""
+
+    version: int
+    spec: dict[str, Any]
+    labels: dict[str, int]
+    published_at: float
+    val_dice: dict[str, float] = field(default_factory=dict)
+    val_mean_dice: float | None = None
+    train_count: int = 0
+    val_count: int = 0
+    epochs: int = 0
+    best_epoch: int | None = None
+
+    @property
+    def trained(self) -> bool:
+        return self.version > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["trained"] = self.trained
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelInfo:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ModelStore:
+    """The checkpoint directory of one model.
+
+    Args:
+        directory: where ``<name>.pt`` and ``<name>.json`` live.
+        name: model name (the MONAI Label infer/train task name).
+    """
+
+    def __init__(self, directory: str | Path, *, name: str = "segmentation") -> None:
+        self.directory = Path(directory)
+        self.name = name
+        self.checkpoint_path = self.directory / f"{name}.pt"
+        self.info_path = self.directory / f"{name}.json"
+        self._lock_path = self.directory / f".{name}.lock"
+
+    def info(self) -> ModelInfo | None:
+        """The published model's info, or ``None`` before anything was published."""
+        data = read_json(self.info_path)
+        return ModelInfo.from_dict(data) if data else None
+
+    def load(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], ModelInfo]:
+        """Weights and info read together from the checkpoint file."""
+        if not self.checkpoint_path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {self.checkpoint_path}")
+        checkpoint = torch.load(self.checkpoint_path, map_location=map_location, weights_only=True)
+        return checkpoint["model"], ModelInfo.from_dict(checkpoint["activelabel"])
+
+    def ensure_initial(self, spec: NetworkSpec, labels: dict[str, int], *, seed: int = 0) -> ModelInfo:
+        """Publish version 0 (untrained, seeded weights) unless a model exists.
+
+        Raises:
+            ValueError: when the existing model was built for other labels or another network.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(self._lock_path):
+            existing = self.info()
+            if existing is not None and self.checkpoint_path.is_file():
+                self._check_compatible(existing, spec, labels)
+                return existing
+            info = ModelInfo(version=0, spec=spec.to_dict(), labels=dict(labels), published_at=time.time())
+            self._write(initial_state(spec, seed=seed), info)
+            return info
+
+    def publish(self, state_dict: dict[str, torch.Tensor], **fields: Any) -> ModelInfo:
+        """Store new weights as the next version; ``fields`` fill :class:`ModelInfo`."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(self._lock_path):
+            current = self.info()
+            version = (current.version if current else -1) + 1
+            info = ModelInfo(version=version, published_at=time.time(), **fields)
+            self._write(state_dict, info)
+            return info
+
+    def _write(self, state_dict: dict[str, torch.Tensor], info: ModelInfo) -> None:
+        payload = {"model": {k: v.detach().cpu() for k, v in state_dict.items()}, "activelabel": info.to_dict()}
+        atomic_write(self.checkpoint_path, lambda tmp: torch.save(payload, tmp))
+        atomic_write_json(self.info_path, info.to_dict())
+
+    def _check_compatible(self, info: ModelInfo, spec: NetworkSpec, labels: dict[str, int]) -> None:
+        if dict(info.labels) != dict(labels):
+            raise ValueError(
+                f"the model in {self.directory} was trained for labels {info.labels}, but the app is configured "
+                f"with {labels}; point model_dir elsewhere or restore the original labels"
+            )
+        if NetworkSpec.from_dict(info.spec) != spec:
+            raise ValueError(
+                f"the model in {self.directory} has architecture {info.spec}, but the app is configured with "
+                f"{spec.to_dict()}; point model_dir elsewhere or restore the original network settings"
+            )

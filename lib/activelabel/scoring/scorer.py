@@ -1,0 +1,170 @@
+"""Epistemic scoring of a pool of volumes with the current model, skipping fresh scores."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from activelabel.ml.decoder_dropout import McMode
+from activelabel.ml.inference import embed_volume, mc_dropout_uncertainty, sliding_window
+from activelabel.ml.transforms import Preset, inference_transforms
+from activelabel.ml.uncertainty import VolumeUncertainty
+from activelabel.store.scores import ScoreStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How volumes are scored.
+
+    Attributes:
+        samples: MC-dropout passes per volume.
+        dilation: voxels by which the predicted foreground grows before aggregating.
+        overlap: sliding-window overlap.
+        force: rescore images whose score is already from the current model.
+        mode: which dropout layers sample (full MC dropout, or only the later layers with
+            the rest computed once per window).
+    """
+
+    samples: int
+    dilation: int = 3
+    overlap: float = 0.25
+    force: bool = False
+    mode: McMode = McMode.FULL
+
+
+@dataclass(frozen=True)
+class ScoringReport:
+    """What one scoring run did."""
+
+    model_version: int
+    scored: int
+    skipped: int
+    seconds: float
+    seconds_per_volume: float | None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VolumeScore:
+    """The uncertainty and embedding of one volume, and the seconds they took."""
+
+    uncertainty: VolumeUncertainty
+    embedding: np.ndarray
+    seconds: float
+
+
+class VolumeScorer:
+    """Scores single volumes with one network: load, pre-process, MC-dropout passes, aggregate.
+
+    The one per-volume code path of scoring: the sequential :func:`score_pool` and the
+    distributed workers (:mod:`activelabel.scoring.distributed`) both call it, so a volume
+    gets the same score whichever way the pool is scored.
+
+    Args:
+        network: the model, in eval mode.
+        preset: pre-processing of the model's modality.
+        options: how volumes are scored.
+    """
+
+    def __init__(self, *, network: nn.Module, preset: Preset, options: ScoringOptions) -> None:
+        self.network = network
+        self.options = options
+        self._load = inference_transforms(preset)
+        self._inferer = sliding_window(preset.roi_size, overlap=options.overlap)
+
+    def score(self, path: str) -> VolumeScore:
+        """The score of the volume stored at ``path``."""
+        began = time.perf_counter()
+        image = self._load({"image": path})["image"]
+        with torch.inference_mode():
+            uncertainty, embedding = mc_dropout_uncertainty(
+                self.network,
+                image,
+                self._inferer,
+                samples=self.options.samples,
+                dilation=self.options.dilation,
+                mode=self.options.mode,
+            )
+        return VolumeScore(uncertainty=uncertainty, embedding=embedding.numpy(), seconds=time.perf_counter() - began)
+
+
+def record_score(store: ScoreStore, *, image_id: str, model_version: int, score: VolumeScore) -> None:
+    """Write one volume's embedding, then its score, tagged with the model version that made them.
+
+    The score goes last because it marks the volume fresh: a crash between the two writes
+    leaves the volume stale, to be scored again, never fresh without its embedding.
+    """
+    store.put_embedding(image_id, model_version, score.embedding)
+    store.put(image_id, model_version, score.uncertainty, seconds=score.seconds)
+
+
+def score_pool(
+    images: Mapping[str, str],
+    *,
+    network: nn.Module,
+    model_version: int,
+    preset: Preset,
+    store: ScoreStore,
+    options: ScoringOptions,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> ScoringReport:
+    """Score every image of ``images`` (id -> path) whose stored score is stale.
+
+    Each score is written as soon as it is computed, so an interrupted run keeps its
+    progress and the next run resumes with the images still stale.
+    """
+    start = time.perf_counter()
+    todo = list(images) if options.force else store.stale(images, model_version)
+    scorer = VolumeScorer(network=network, preset=preset, options=options)
+    for done, image_id in enumerate(todo, start=1):
+        score = scorer.score(images[image_id])
+        record_score(store, image_id=image_id, model_version=model_version, score=score)
+        logger.info(
+            "scored %s (%d/%d) in %.2fs: %s", image_id, done, len(todo), score.seconds, score.uncertainty.to_dict()
+        )
+        if progress is not None:
+            progress(done, len(todo), image_id)
+    total = time.perf_counter() - start
+    return ScoringReport(
+        model_version=model_version,
+        scored=len(todo),
+        skipped=len(images) - len(todo),
+        seconds=total,
+        seconds_per_volume=total / len(todo) if todo else None,
+    )
+
+
+def embed_pool(
+    images: Mapping[str, str],
+    *,
+    network: nn.Module,
+    model_version: int,
+    preset: Preset,
+    store: ScoreStore,
+    overlap: float = 0.25,
+) -> int:
+    """Store embeddings for ``images`` (e.g. the labeled ones) that lack one from this model.
+
+    Diversity-aware strategies compare candidates with what is already labeled, so labeled
+    volumes need embeddings in the current model's feature space too.  Returns how many
+    were computed.
+    """
+    have = store.embeddings(model_version)
+    todo = [image_id for image_id in images if image_id not in have]
+    load = inference_transforms(preset)
+    inferer = sliding_window(preset.roi_size, overlap=overlap)
+    for image_id in todo:
+        image = load({"image": images[image_id]})["image"]
+        with torch.inference_mode():
+            store.put_embedding(image_id, model_version, embed_volume(network, image, inferer).numpy())
+    return len(todo)

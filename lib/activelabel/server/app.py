@@ -1,0 +1,44 @@
+"""The ASGI app of ``activelabel serve``: MONAI Label's FastAPI app plus /activelabel routes.
+
+Importing this module assembles the app (uvicorn is pointed at ``activelabel.server.app:app``):
+the ``/activelabel`` routers, the request guard, the one-task-at-a-time guard and the task
+worker.  Settings the server must not start with end the process here, with one ``error:``
+line and exit code 2, before uvicorn binds the port.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from fastapi.middleware import Middleware
+from monailabel.app import app
+from monailabel.config import settings as monailabel_settings
+
+from activelabel.errors import ActiveLabelError
+from activelabel.server.request_guard import install_guard
+from activelabel.server.routes.labels import router as labels_router
+from activelabel.server.routes.project import router as project_router
+from activelabel.server.routes.uncertainty import router as uncertainty_router
+from activelabel.server.task_guard import OneTaskAtATime
+from activelabel.workers.launcher import install_task_worker
+
+logger = logging.getLogger(__name__)
+
+app.include_router(project_router)
+app.include_router(uncertainty_router)
+app.include_router(labels_router)
+try:
+    install_guard(app, conf=monailabel_settings.MONAI_LABEL_APP_CONF or {})
+except ActiveLabelError as error:
+    logger.error("error: %s", error)
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
+# Inside the access guard: an unauthenticated start request gets 401, not 429.
+app.user_middleware.append(Middleware(OneTaskAtATime))
+# Train/scoring/batch-infer tasks fork from a pre-imported worker instead of a fresh interpreter.
+install_task_worker(
+    conf=monailabel_settings.MONAI_LABEL_APP_CONF or {}, app_dir=monailabel_settings.MONAI_LABEL_APP_DIR
+)
+
+__all__ = ["app"]

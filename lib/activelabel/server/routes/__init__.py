@@ -1,0 +1,1 @@
+"""The ``/activelabel/*`` route modules."""

@@ -1,0 +1,409 @@
+"""The oracle active-learning loop: the server's own parts, with ground truth as the expert.
+
+Each round trains the network (warm start), measures Dice on a fixed test split that is never
+selected, scores the unlabeled pool with MC dropout, lets a strategy pick the next volumes and
+"labels" them from the ground truth.  Network, transforms, trainer, scorer, score store,
+strategies and the datastore are the very classes the server uses: the pool lives in a real
+MONAI Label ``LocalDatastore`` whose labels are links to the truth files.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.tasks.strategy import Strategy
+from tqdm import tqdm
+
+from activelabel.errors import ConfigError
+from activelabel.labelmap import LabelMap
+from activelabel.ml.inference import embed_volume, mc_dropout_uncertainty, predict_probabilities, sliding_window
+from activelabel.ml.metrics import dice_per_label, mean_dice
+from activelabel.ml.networks import NetworkSpec, build_network, initial_state
+from activelabel.ml.training import TrainOptions, load_volumes, split_train_val, train_network, validate
+from activelabel.ml.transforms import Preset
+from activelabel.ml.uncertainty import UncertaintyMetric
+from activelabel.server.stop_rule import RoundSignals, StopRule
+from activelabel.store.scores import ScoreStore
+from activelabel.strategies.diverse import DiverseUncertain
+from activelabel.strategies.most_uncertain import MostUncertain
+from activelabel.strategies.random_sample import RandomSample
+
+logger = logging.getLogger(__name__)
+
+FULL_DATA = "all"
+STRATEGIES = ("random", "entropy", "mutual_information", "variance", "diverse", FULL_DATA)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """One simulated labeling project.
+
+    Attributes:
+        strategy: ``random``, ``entropy``, ``mutual_information``, ``variance`` (most uncertain
+            by that metric), ``diverse`` (uncertainty x novelty, mutual information) or ``all``
+            (full-data reference with the same total training steps).
+        initial: volumes labeled at random before the first round.
+        per_round: volumes labeled per round.
+        rounds: selection rounds after the initial training.
+        test_fraction: fraction of all volumes held out for testing (never selected).
+        seed: seed of the splits, initial weights, initial labels and training.
+        epochs_per_round: training epochs after each labeling round (warm start).
+        steps_per_epoch: optimizer steps per epoch, whatever the number of labeled volumes, so
+            every round (and the full-data reference) gets the same training budget.
+        mc_samples: MC-dropout passes per volume when scoring.
+        audit_threshold: an auto-label is accepted when its Dice is at least this.
+        audit_size: auto-labels audited (a random sample; all when larger than the rest).
+    """
+
+    strategy: str
+    initial: int = 5
+    per_round: int = 5
+    rounds: int = 5
+    test_fraction: float = 0.2
+    seed: int = 0
+    epochs_per_round: int = 5
+    steps_per_epoch: int = 20
+    mc_samples: int = 4
+    learning_rate: float = 1e-3
+    samples_per_volume: int = 2
+    val_split: float = 0.2
+    dilation: int = 3
+    audit_threshold: float = 0.8
+    audit_size: int = 50
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+        for name in ("initial", "per_round", "epochs_per_round", "steps_per_epoch", "mc_samples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rounds < 0:
+            raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass
+class RoundRecord:
+    """Figures of one round (after training on the labels so far)."""
+
+    round: int
+    labeled: int
+    labeled_fraction: float
+    test_dice: dict[str, float]
+    test_mean_dice: float
+    val_mean_dice: float | None
+    picked: list[str] = field(default_factory=list)
+    picked_agreement: float | None = None
+    pool_uncertainty: float | None = None
+    training_seconds: float = 0.0
+    scoring_seconds: float = 0.0
+    stop: dict[str, Any] | None = None
+
+
+def split_cases(ids: Sequence[str], *, test_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic (pool, test) split; the test split is never offered to a strategy."""
+    ordered = sorted(ids)
+    random.Random(f"test-split-{seed}").shuffle(ordered)
+    n_test = max(1, round(len(ordered) * test_fraction))
+    if n_test >= len(ordered):
+        raise ConfigError(f"{len(ordered)} volumes are too few for a test fraction of {test_fraction}")
+    return sorted(ordered[n_test:]), sorted(ordered[:n_test])
+
+
+def _strategy(name: str, scores: ScoreStore) -> tuple[Strategy, dict[str, Any]]:
+    if name == "random":
+        return RandomSample(), {}
+    if name == "diverse":
+        return DiverseUncertain(scores=scores, metric=UncertaintyMetric.MUTUAL_INFORMATION), {}
+    return MostUncertain(scores=scores, metric=UncertaintyMetric(name)), {}
+
+
+class Simulation:
+    """One strategy, one seed, on one data set.
+
+    Args:
+        images: case id -> image path.
+        truths: case id -> ground-truth label path.
+        labels: the label map of the truth files.
+        preset: pre-processing preset.
+        spec: network architecture.
+        config: the run's settings.
+        work_dir: scratch folder (the simulated datastore and its score database).
+        volumes: pre-processed volumes by case id, shared between runs (see :func:`preprocess`).
+    """
+
+    def __init__(
+        self,
+        images: Mapping[str, Path],
+        truths: Mapping[str, Path],
+        *,
+        labels: LabelMap,
+        preset: Preset,
+        spec: NetworkSpec,
+        config: SimulationConfig,
+        work_dir: Path,
+        volumes: Mapping[str, dict[str, Any]] | None = None,
+    ) -> None:
+        missing = sorted(set(images) - set(truths))
+        if missing:
+            raise ConfigError(f"no ground truth for {len(missing)} image(s), e.g. {missing[0]}")
+        self.images, self.truths = dict(images), dict(truths)
+        self.labels, self.preset, self.spec, self.config = labels, preset, spec, config
+        self.work_dir = Path(work_dir)
+        self.volumes = (
+            dict(volumes) if volumes is not None else preprocess(images, truths, preset=preset, labels=labels)
+        )
+        self.pool, self.test = split_cases(sorted(images), test_fraction=config.test_fraction, seed=config.seed)
+        self.inferer = sliding_window(preset.roi_size)
+        self.channel_labels = {name: index for index, name in labels.channel_names().items()}
+        self.network = build_network(spec)
+        self.network.load_state_dict(initial_state(spec, seed=config.seed))
+        self.studies = self.work_dir / "studies"
+        self.datastore = self._make_datastore()
+        self.scores = ScoreStore(self.work_dir / "scores.sqlite")
+
+    def _make_datastore(self) -> LocalDatastore:
+        (self.studies / "labels" / "final").mkdir(parents=True, exist_ok=True)
+        for case in self.pool:
+            link = self.studies / f"{case}.nii.gz"
+            if not link.exists():
+                link.symlink_to(Path(self.images[case]).resolve())
+        return LocalDatastore(str(self.studies), extensions=("*.nii.gz",), auto_reload=False)
+
+    def _label(self, cases: Sequence[str]) -> None:
+        for case in cases:
+            link = self.studies / "labels" / "final" / f"{case}.nii.gz"
+            link.symlink_to(Path(self.truths[case]).resolve())
+        self.datastore.refresh()
+
+    def labeled(self) -> list[str]:
+        return sorted(self.datastore.get_labeled_images())
+
+    def unlabeled(self) -> list[str]:
+        return sorted(self.datastore.get_unlabeled_images())
+
+    def _prediction_dice(self, case: str) -> float:
+        volume = self.volumes[case]
+        prediction = predict_probabilities(self.network, volume["image"], self.inferer).argmax(dim=0).numpy()
+        return mean_dice(dice_per_label(prediction, np.asarray(volume["label"][0]), self.channel_labels).values())
+
+    def _train(self, cases: Sequence[str], *, epochs: int, round_index: int) -> tuple[float | None, float]:
+        train_ids, val_ids = split_train_val(cases, val_split=self.config.val_split, seed=self.config.seed)
+        began = time.perf_counter()
+        result = train_network(
+            self.network,
+            [self.volumes[c] for c in train_ids],
+            [self.volumes[c] for c in val_ids],
+            preset=self.preset,
+            labels=self.labels,
+            options=TrainOptions(
+                max_epochs=epochs,
+                learning_rate=self.config.learning_rate,
+                samples_per_volume=self.config.samples_per_volume,
+                seed=self.config.seed * 1000 + round_index,
+                steps_per_epoch=self.config.steps_per_epoch,
+            ),
+        )
+        return result.val_mean_dice, time.perf_counter() - began
+
+    def _test_dice(self) -> dict[str, float]:
+        return validate(self.network, [self.volumes[c] for c in self.test], preset=self.preset, labels=self.labels)
+
+    def _score(self, version: int) -> tuple[float, float]:
+        """Score the unlabeled pool and embed the labeled volumes; returns (seconds, mean score)."""
+        began = time.perf_counter()
+        values = []
+        for case in self.unlabeled():
+            volume_began = time.perf_counter()
+            uncertainty, embedding = mc_dropout_uncertainty(
+                self.network,
+                self.volumes[case]["image"],
+                self.inferer,
+                samples=self.config.mc_samples,
+                dilation=self.config.dilation,
+            )
+            self.scores.put(case, version, uncertainty, seconds=time.perf_counter() - volume_began)
+            self.scores.put_embedding(case, version, embedding.numpy())
+            values.append(uncertainty.mutual_information)
+        if self.config.strategy == "diverse":
+            for case in self.labeled():
+                embedding = embed_volume(self.network, self.volumes[case]["image"], self.inferer)
+                self.scores.put_embedding(case, version, embedding.numpy())
+        return time.perf_counter() - began, float(np.mean(values)) if values else 0.0
+
+    def _pick(self, count: int) -> list[str]:
+        strategy, request = _strategy(self.config.strategy, self.scores)
+        picked: list[str] = []
+        for index in range(count):
+            if self.config.strategy == "random":
+                request = {"seed": f"{self.config.seed}-{len(self.labeled())}-{index}"}
+            answer = strategy(request, self.datastore)
+            if not answer:
+                break
+            picked.append(answer["id"])
+            self._label([answer["id"]])  # a pick is leased: the next call must not see it again
+        return picked
+
+    def run(self, *, progress: bool = True) -> dict[str, Any]:
+        """Run the loop and return the results (JSON-ready)."""
+        if self.config.strategy == FULL_DATA:
+            return self._run_full_data()
+        config = self.config
+        rng = random.Random(f"initial-{config.seed}")
+        if config.initial > len(self.pool):
+            raise ConfigError(f"initial={config.initial} exceeds the pool of {len(self.pool)} volumes")
+        self._label(rng.sample(self.pool, config.initial))
+        rule = StopRule()
+        signals: list[RoundSignals] = []
+        records: list[RoundRecord] = []
+        picked: list[str] = []
+        agreement: float | None = None
+        audit: dict[str, Any] | None = None
+        bar = tqdm(total=config.rounds + 1, desc=f"{config.strategy} seed {config.seed}", disable=not progress)
+        for round_index in range(config.rounds + 1):
+            val_dice, train_seconds = self._train(
+                self.labeled(), epochs=config.epochs_per_round, round_index=round_index
+            )
+            test = self._test_dice()
+            record = RoundRecord(
+                round=round_index,
+                labeled=len(self.labeled()),
+                labeled_fraction=len(self.labeled()) / len(self.pool),
+                test_dice=test,
+                test_mean_dice=mean_dice(test.values()),
+                val_mean_dice=val_dice,
+                picked=picked,
+                picked_agreement=agreement,
+                training_seconds=train_seconds,
+            )
+            if round_index < config.rounds and self.unlabeled():
+                if config.strategy != "random":
+                    record.scoring_seconds, record.pool_uncertainty = self._score(version=round_index + 1)
+                count = min(config.per_round, len(self.unlabeled()))
+                candidates = self._pick(count)
+                # Agreement: what the expert sees, the current model's prediction vs the truth.
+                agreement = float(np.mean([self._prediction_dice(c) for c in candidates])) if candidates else None
+                picked = candidates
+            signals.append(RoundSignals(record.labeled, record.picked_agreement, val_dice, record.pool_uncertainty))
+            decision = rule.evaluate(signals, per_round=config.per_round)
+            record.stop = decision.to_dict()
+            if decision.stop and audit is None:
+                audit = {"round": round_index, **self._audit()}
+            records.append(record)
+            bar.update(1)
+            bar.set_postfix(labeled=record.labeled, test_dice=f"{record.test_mean_dice:.3f}")
+        bar.close()
+        if audit is None:
+            audit = {"round": config.rounds, "stop_fired": False, **self._audit()}
+        return self._results(records, audit)
+
+    def _audit(self) -> dict[str, Any]:
+        """Auto-label the unlabeled pool with the current model and audit a sample against the truth."""
+        rest = self.unlabeled()
+        sample = random.Random(f"audit-{self.config.seed}").sample(rest, min(self.config.audit_size, len(rest)))
+        dice = [self._prediction_dice(case) for case in sample]
+        accepted = sum(d >= self.config.audit_threshold for d in dice)
+        return {
+            "auto_labeled": len(rest),
+            "automation": len(rest) / len(self.pool),
+            "audited": len(sample),
+            "accepted": int(accepted),
+            "auto_label_accuracy": accepted / len(sample) if sample else None,
+            "audit_threshold": self.config.audit_threshold,
+            "audit_mean_dice": float(np.mean(dice)) if dice else None,
+        }
+
+    def _run_full_data(self) -> dict[str, Any]:
+        self._label(self.pool)
+        epochs = self.config.epochs_per_round * (self.config.rounds + 1)
+        val_dice, seconds = self._train(self.pool, epochs=epochs, round_index=0)
+        test = self._test_dice()
+        record = RoundRecord(
+            round=0,
+            labeled=len(self.pool),
+            labeled_fraction=1.0,
+            test_dice=test,
+            test_mean_dice=mean_dice(test.values()),
+            val_mean_dice=val_dice,
+            training_seconds=seconds,
+        )
+        return self._results([record], None)
+
+    def _results(self, records: list[RoundRecord], audit: dict[str, Any] | None) -> dict[str, Any]:
+        stop_round = next((r.round for r in records if r.stop and r.stop["stop"]), None)
+        final = records[-1]
+        labeled_fraction = records[stop_round].labeled_fraction if stop_round is not None else final.labeled_fraction
+        return {
+            "config": asdict(self.config),
+            "pool": len(self.pool),
+            "test": self.test,
+            "labels": self.labels.to_dict(),
+            "rounds": [asdict(r) for r in records],
+            "audit": audit,
+            "summary": {
+                "final_test_mean_dice": final.test_mean_dice,
+                "stop_round": stop_round,
+                "fraction_labeled": labeled_fraction,
+            },
+        }
+
+
+def simulate(
+    images: Mapping[str, Path],
+    truths: Mapping[str, Path],
+    *,
+    labels: LabelMap,
+    preset: Preset,
+    spec: NetworkSpec,
+    config: SimulationConfig,
+    volumes: Mapping[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run one :class:`Simulation` in a scratch folder that is removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="activelabel-sim-") as work:
+        simulation = Simulation(
+            images,
+            truths,
+            labels=labels,
+            preset=preset,
+            spec=spec,
+            config=config,
+            work_dir=Path(work),
+            volumes=volumes,
+        )
+        return simulation.run(progress=progress)
+
+
+def preprocess(
+    images: Mapping[str, Path], truths: Mapping[str, Path], *, preset: Preset, labels: LabelMap
+) -> dict[str, dict[str, Any]]:
+    """Load and pre-process every case once (image and truth on the preset grid)."""
+    cases = sorted(images)
+    items = [{"image": str(images[c]), "label": str(truths[c])} for c in cases]
+    return dict(zip(cases, load_volumes(items, preset=preset, labels=labels), strict=True))
+
+
+def load_cached(
+    images: Mapping[str, Path], truths: Mapping[str, Path], *, preset: Preset, labels: LabelMap, cache: Path
+) -> dict[str, dict[str, Any]]:
+    """:func:`preprocess` with its result kept in ``cache`` (reused when inputs match)."""
+    key = {"cases": sorted(images), "preset": repr(preset), "labels": labels.to_dict()}
+    if cache.is_file():
+        stored = torch.load(cache, weights_only=False)
+        if stored.get("key") == key:
+            return stored["volumes"]
+    volumes = preprocess(images, truths, preset=preset, labels=labels)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "volumes": volumes}, cache)
+    return volumes

@@ -1,0 +1,101 @@
+"""The ``segmentation`` trainer: fine-tunes the latest model on the labeled volumes.
+
+MONAI Label runs every train request in a subprocess, so training never blocks the
+server; this class only gathers the labeled volumes, trains and publishes the next model
+version with its validation Dice per label.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.train import TrainTask
+
+from activelabel.config import Settings
+from activelabel.fsutil import atomic_write_json, read_json
+from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.inference import load_model
+from activelabel.ml.training import TrainOptions, load_volumes, split_train_val, train_network
+
+logger = logging.getLogger(__name__)
+
+
+class SegmentationTrainer(TrainTask):
+    """Warm-started training with a deterministic validation split.
+
+    Request keys (all optional): ``max_epochs``, ``learning_rate``, ``val_split``,
+    ``samples_per_volume``.
+
+    Args:
+        settings: the app's resolved settings.
+        store: the model's checkpoint store; a finished run publishes the next version.
+    """
+
+    def __init__(self, *, settings: Settings, store: ModelStore) -> None:
+        super().__init__("Fine-tunes the segmentation UNet on labeled volumes (warm start, best validation Dice)")
+        self.settings = settings
+        self.store = store
+        self.stats_path = store.directory / "train_stats.json"
+        self._config = {
+            "max_epochs": settings.max_epochs,
+            "learning_rate": settings.learning_rate,
+            "val_split": settings.val_split,
+            "samples_per_volume": settings.samples_per_volume,
+        }
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    def stats(self) -> dict[str, Any]:
+        return read_json(self.stats_path, default={})
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        config = {**self._config, **{k: request[k] for k in self._config if k in request}}
+        items = {os.path.basename(item["image"]): item for item in datastore.datalist()}
+        if not items:
+            raise ValueError("no labeled volumes to train on: submit at least one label first")
+        train_ids, val_ids = split_train_val(list(items), val_split=float(config["val_split"]), seed=self.settings.seed)
+        preset, labels = self.settings.preset, self.settings.labels
+        logger.info("training on %d volumes, validating on %d", len(train_ids), len(val_ids))
+        train_volumes = load_volumes([items[i] for i in train_ids], preset=preset, labels=labels)
+        val_volumes = load_volumes([items[i] for i in val_ids], preset=preset, labels=labels)
+        network, start = load_model(self.store, device=self.settings.device)
+        result = train_network(
+            network,
+            train_volumes,
+            val_volumes,
+            preset=preset,
+            labels=labels,
+            options=TrainOptions(
+                max_epochs=int(config["max_epochs"]),
+                learning_rate=float(config["learning_rate"]),
+                samples_per_volume=int(config["samples_per_volume"]),
+                seed=self.settings.seed + start.version,
+                overlap=self.settings.sw_overlap,
+            ),
+            device=self.settings.device,
+        )
+        info = self.store.publish(
+            result.state_dict,
+            spec=self.settings.network.to_dict(),
+            labels=labels.to_dict(),
+            val_dice=result.val_dice,
+            val_mean_dice=result.val_mean_dice,
+            train_count=result.train_count,
+            val_count=result.val_count,
+            epochs=result.epochs,
+            best_epoch=result.best_epoch,
+        )
+        stats = {
+            "model_version": info.version,
+            "previous_version": start.version,
+            "train_ids": train_ids,
+            "val_ids": val_ids,
+            **result.summary(),
+        }
+        atomic_write_json(self.stats_path, stats)
+        logger.info("published model version %d (val mean Dice %s)", info.version, info.val_mean_dice)
+        return stats
