@@ -4,7 +4,8 @@
 #   make test      install and run the whole test suite
 #   make bench     install and run the benchmarks: foundation, 10-minute load test, scale (next sample at 100k,
 #                  Ray scoring, cheap uncertainty, task start-up, CT memory); each prints figures and writes bench/results/*.json
-#   make bench-al  install and run the active-learning comparison on the hippocampus MRI
+#   make bench-al  install and run, on the hippocampus MRI, the trainer's learning curve (bench/model_recipe.py)
+#                  and the active-learning comparison (bench/al_hippocampus.py); both resume from their caches
 #   make lint      ruff check + ruff format --check
 #   make pacs      install Orthanc (apt) if missing, start it on 127.0.0.1:8042 and load the sample DICOM
 #   make pacs-stop stop that Orthanc
@@ -84,9 +85,12 @@ bench: install
 	$(PY) bench/task_startup.py
 	$(PY) bench/memory_ct.py
 
-# Label efficiency on the MSD hippocampus MRI: every strategy, 3 seeds (hours on 2 CPU cores).
+# Label efficiency on the MSD hippocampus MRI: the trainer's learning curve, then every strategy,
+# 3 seeds (hours on 2 CPU cores; DEVICE=cuda runs both on a GPU).
+DEVICE ?= cpu
 bench-al: install
-	$(PY) bench/al_hippocampus.py
+	$(PY) bench/model_recipe.py --device $(DEVICE)
+	$(PY) bench/al_hippocampus.py --device $(DEVICE)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -36,7 +36,7 @@ DATA = MSD_HIPPOCAMPUS
 RESULTS = REPO / "bench" / "results"
 RUNS = REPO / "bench" / ".cache" / "al-runs"
 LABELS = '{"anterior": 1, "posterior": 2}'
-STRATEGIES = ["random", "entropy", "mutual_information", "variance", "diverse"]
+STRATEGIES = ["random", "foreground_random", "entropy", "mutual_information", "variance", "diverse"]
 TARGET = 0.95
 
 
@@ -67,6 +67,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], full_dice: float, per_round
             "seeds": len(results),
             "reached_target": sum(x is not None for x in labels),
             "labels_to_target": _mean(labels),
+            "labels_to_target_per_seed": labels,
+            "labels_to_target_sd": _sd(labels),
             "fraction_to_target": _mean(fractions),
             "final_test_mean_dice": _mean([r["summary"]["final_test_mean_dice"] for r in results]),
             "stop_rounds": stops,
@@ -80,14 +82,63 @@ def summarize(runs: dict[str, list[dict[str, Any]]], full_dice: float, per_round
             "audit_rounds": [r["audit"]["round"] for r in results],
             "automation": _mean([r["audit"]["automation"] for r in results]),
             "auto_label_accuracy": _mean([r["audit"]["auto_label_accuracy"] for r in results]),
+            "automation_after_triage": _mean([r["audit"]["triage"]["automation"] for r in results]),
+            "accuracy_after_triage": _mean([r["audit"]["triage"]["accuracy"] for r in results]),
+            "automation_at_95": _mean([r["audit"]["automation_at_95"] for r in results]),
+            "automation_at_90": _mean([r["audit"]["automation_at_90"] for r in results]),
+            "quality_rank_correlation": _mean([r["audit"]["quality_rank_correlation"] for r in results]),
+            "effort_saved": _mean([r["audit"]["effort"]["effort_saved"] for r in results]),
             "audit_mean_dice": _mean([r["audit"]["audit_mean_dice"] for r in results]),
             "labels_per_round": per_round,
         }
-    random_labels = summary.get("random", {}).get("labels_to_target")
-    for values in summary.values():
-        own = values["labels_to_target"]
-        values["labels_saved_vs_random"] = (1 - own / random_labels) if own and random_labels else None
+    for baseline in ("random", "foreground_random"):
+        base = summary.get(baseline, {})
+        base_labels = base.get("labels_to_target")
+        for values in summary.values():
+            own = values["labels_to_target"]
+            values[f"labels_saved_vs_{baseline}"] = (1 - own / base_labels) if own and base_labels else None
+            values[f"paired_labels_minus_{baseline}"] = paired_difference(
+                values["labels_to_target_per_seed"], base.get("labels_to_target_per_seed", [])
+            )
     return summary
+
+
+def default_strategy(summary: dict[str, Any]) -> str:
+    """The strategy needing the fewest labels to reach the target (the baselines included).
+
+    A strategy that reached the target in fewer seeds ranks after one that reached it in
+    more; a tie goes to the simpler baseline order of ``STRATEGIES``.
+    """
+
+    def key(name: str) -> tuple[int, float, int]:
+        values = summary[name]
+        labels = values["labels_to_target"]
+        return (-values["reached_target"], labels if labels is not None else float("inf"), STRATEGIES.index(name))
+
+    return min(summary, key=key)
+
+
+def paired_difference(own: list[float | None], base: list[float | None]) -> dict[str, Any] | None:
+    """Mean per-seed difference ``own - base`` with a two-sided 95% t confidence interval.
+
+    Seeds where either run missed the target are left out (``n`` counts the pairs used).
+    """
+    pairs = [(a, b) for a, b in zip(own, base, strict=False) if a is not None and b is not None]
+    if not pairs:
+        return None
+    differences = np.array([a - b for a, b in pairs], dtype=np.float64)
+    mean = float(differences.mean())
+    if len(pairs) < 2:
+        return {"n": 1, "mean": mean, "ci95": None}
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, len(pairs) - 1) * differences.std(ddof=1) / np.sqrt(len(pairs)))
+    return {"n": len(pairs), "mean": mean, "ci95": [mean - half, mean + half]}
+
+
+def _sd(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(np.std(present, ddof=1)) if len(present) > 1 else None
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -123,17 +174,47 @@ def plot(runs: dict[str, list[dict[str, Any]]], full_dice: float, path: Path) ->
     fig.savefig(path, dpi=120)
 
 
-def hippocampus_volumes() -> tuple[dict[str, Path], dict[str, Path], Settings, dict[str, dict[str, Any]]]:
+def plot_automation(runs: dict[str, list[dict[str, Any]]], path: Path) -> None:
+    """Audited accuracy against automation when the best-trusted auto-labels are accepted (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for strategy, results in runs.items():
+        curve = results[0]["audit"].get("automation_accuracy_curve") or []
+        if curve:
+            ax.plot([p["automation"] * 100 for p in curve], [p["accuracy"] * 100 for p in curve], label=strategy)
+    for level in (95, 90):
+        ax.axhline(level, color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("automation: auto-labels accepted, best-trusted first (% of pool)")
+    ax.set_ylabel("audited accuracy: accepted with Dice >= 0.8 (%)")
+    ax.set_title("Auto-label triage by MC-sample agreement (seed of the first run)")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def hippocampus_volumes(
+    conf: Mapping[str, str] | None = None,
+) -> tuple[dict[str, Path], dict[str, Path], Settings, dict[str, dict[str, Any]]]:
     """The MSD hippocampus cases and what every benchmark on them shares.
+
+    Args:
+        conf: extra settings (``--conf`` keys) on top of the MR preset and the labels.
 
     Returns:
         Case id -> image path, case id -> label path, the benchmark's settings (MR preset,
         anterior/posterior labels) and every case pre-processed on the preset grid (cached in
-        ``bench/.cache/hippocampus-volumes.pt``).
+        ``bench/.cache/hippocampus-volumes-<preset>.pt``).
     """
     images, truths = pair_cases(DATA / "imagesTr", DATA / "labelsTr")
-    settings = load_settings({"labels": LABELS, "modality": "mr"}, studies=str(DATA), app_dir=str(DATA))
-    cache = REPO / "bench" / ".cache" / "hippocampus-volumes.pt"
+    conf = {"labels": LABELS, "modality": "mr", **(conf or {})}
+    settings = load_settings(conf, studies=str(DATA), app_dir=str(DATA))
+    preset_key = hashlib.sha256(repr(settings.preset).encode()).hexdigest()[:8]
+    cache = REPO / "bench" / ".cache" / f"hippocampus-volumes-{preset_key}.pt"
     volumes = load_cached(images, truths, preset=settings.preset, labels=settings.labels, cache=cache)
     return images, truths, settings, volumes
 
@@ -147,7 +228,10 @@ def run_cached(
     volumes: Mapping[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """One simulation, read from the run cache when the same settings already ran."""
-    key = json.dumps({"config": asdict(config), "network": settings.network.to_dict()}, sort_keys=True)
+    options = {k: getattr(v, "value", v) for k, v in asdict(settings.train_options(seed=config.seed)).items()}
+    key = json.dumps(
+        {"config": asdict(config), "network": settings.network.to_dict(), "train": options}, sort_keys=True
+    )
     path = RUNS / f"{config.strategy}-seed{config.seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -160,6 +244,8 @@ def run_cached(
         spec=settings.network,
         config=config,
         volumes=volumes,
+        train_options=settings.train_options(seed=config.seed),
+        device=settings.device,
     )
     result["seconds"] = time.perf_counter() - started
     RUNS.mkdir(parents=True, exist_ok=True)
@@ -179,6 +265,9 @@ def main() -> None:
     parser.add_argument("--epochs-per-round", type=int, default=4)
     parser.add_argument("--steps-per-epoch", type=int, default=25)
     parser.add_argument("--mc-samples", type=int, default=2)
+    parser.add_argument("--patience", type=int, default=2, help="epochs without a better validation Dice per round")
+    parser.add_argument("--cold-start", default="random", choices=["random", "diverse"], help="initial picks")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the settings' device)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS / "al-hippocampus.json")
     args = parser.parse_args()
@@ -187,7 +276,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    images, truths, settings, volumes = hippocampus_volumes()
+    images, truths, settings, volumes = hippocampus_volumes({"device": args.device} if args.device else None)
     base = {
         "initial": args.initial,
         "per_round": args.per_round,
@@ -195,6 +284,8 @@ def main() -> None:
         "epochs_per_round": args.epochs_per_round,
         "steps_per_epoch": args.steps_per_epoch,
         "mc_samples": args.mc_samples,
+        "patience": args.patience,
+        "cold_start": args.cold_start,
     }
     runs: dict[str, list[dict[str, Any]]] = {}
     full: list[dict[str, Any]] = []
@@ -211,12 +302,16 @@ def main() -> None:
             )
     full_dice = float(np.mean([r["summary"]["final_test_mean_dice"] for r in full]))
     summary = summarize(runs, full_dice, args.per_round)
+    default = default_strategy(summary)
     report = {
         "data": "MSD Task04 Hippocampus, 200 MRI volumes (imagesTr/labelsTr)",
         "settings": {**base, "seeds": args.seeds, "test_fraction": 0.2, "network": settings.network.to_dict()},
         "full_data_test_mean_dice": full_dice,
         "target_dice": TARGET * full_dice,
         "summary": summary,
+        "default_strategy": default,
+        "labels_saved_vs_foreground_random": summary.get(default, {}).get("labels_saved_vs_foreground_random"),
+        "effort_saved": summary.get(default, {}).get("effort_saved"),
         "minutes": (time.perf_counter() - began) / 60,
         "runs": runs,
         "full_data_runs": full,
@@ -224,6 +319,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(runs, full_dice, args.out.with_suffix(".png"))
+    plot_automation(runs, args.out.with_name(args.out.stem + "-automation.png"))
     print(f"full-data test mean Dice {full_dice:.3f}; target (95%) {TARGET * full_dice:.3f}")
     print(f"{'strategy':<20}{'labels->95%':>12}{'fraction':>10}{'vs random':>11}{'automation':>12}{'accuracy':>10}")
     for strategy, s in summary.items():

@@ -52,6 +52,26 @@ def diversity_priority(
     return {i: float(s / scale_u * d / scale_d) for i, s, d in zip(ids, scores, distance, strict=True)}
 
 
+def farthest_first(embeddings: Mapping[str, np.ndarray], count: int, *, first: str) -> list[str]:
+    """A cold-start pick: ``count`` ids spread over feature space (greedy k-center).
+
+    Starts at ``first`` and adds, each time, the id farthest (cosine distance) from those
+    picked so far, so the first volumes to label cover the pool's variety rather than its
+    most common appearance.
+    """
+    if first not in embeddings:
+        raise ValueError(f"the first pick {first!r} has no embedding")
+    ids = sorted(embeddings)
+    vectors = np.stack([embeddings[i] for i in ids]).astype(np.float64)
+    picked = [first]
+    while len(picked) < min(count, len(ids)):
+        reference = np.stack([embeddings[i] for i in picked]).astype(np.float64)
+        distance = cosine_distances(vectors, reference)
+        distance[[ids.index(i) for i in picked]] = -1.0
+        picked.append(ids[int(np.argmax(distance))])
+    return picked
+
+
 class DiverseUncertain(Strategy):
     """Highest uncertainty x novelty among unlabeled volumes scored by the current model.
 

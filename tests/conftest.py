@@ -15,8 +15,18 @@ import pytest
 from activelabel.data.phantoms import generate_datastore
 from activelabel.testing.server_process import ServerProcess, start_server
 
-# Small settings so a whole train/score cycle takes seconds on two CPU cores.
-FAST_CONF = {"max_epochs": "1", "mc_samples": "2", "samples_per_volume": "1", "retrain_after": "0"}
+# Small settings so a whole train/score cycle takes seconds on two CPU cores.  The servers use the
+# cheaper UNet; the default DynUNet is trained, scored and triaged end to end by test_simulation
+# and served by test_server's default-architecture test.
+FAST_CONF = {
+    "architecture": "unet",
+    "max_epochs": "1",
+    "steps_per_epoch": "0",
+    "patience": "0",
+    "mc_samples": "2",
+    "samples_per_volume": "1",
+    "retrain_after": "0",
+}
 
 
 class ServerFactory:

@@ -223,3 +223,11 @@ def test_cost_command_needs_exactly_one_fraction_source(tmp_path: Path) -> None:
         _cli(PUBLISHED_ARGS)
     with pytest.raises(SystemExit):
         _cli([*PUBLISHED_ARGS, "--fraction-labeled", "0.1", "--from-results", str(path)])
+
+
+def test_results_with_triage_effort_give_the_hand_labeled_fraction_including_send_backs(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    summary = {"stop_round": 3, "fraction_labeled": 0.1, "effort_fraction_labeled": 0.16}
+    path.write_text(json.dumps({"rounds": [], "summary": summary}))
+    assert fraction_from_results(path) == pytest.approx(0.16)
+    assert fraction_from_results(_write_results(tmp_path / "plain.json", 0.1)) == pytest.approx(0.1)

@@ -142,9 +142,66 @@ def test_scoring_in_decoder_mode_folds_k_samples_and_keeps_the_embedding(network
     assert accumulator.result(dilation=1).mutual_information >= 0.0
 
 
-def test_non_unet_networks_are_rejected_with_a_clear_error() -> None:
-    with pytest.raises(TypeError, match="needs a MONAI UNet, got SegResNet"):
-        DecoderDropoutSampler(SegResNet(spatial_dims=3, init_filters=8, dropout_prob=0.2), samples=2, mode="decoder")
+def test_networks_that_cannot_be_split_sample_k_replicated_windows_in_one_batch() -> None:
+    spec = NetworkSpec(out_channels=3, channels=(4, 8, 16), strides=(2, 2), dropout=0.3, architecture="dynunet")
+    network = build_network(spec).eval()
+    sampler = DecoderDropoutSampler(network, samples=3, mode="batched")  # a DynUNet splits only in decoder mode
+    window = torch.randn(2, 1, 16, 16, 16)
+    assert sampler.shared_dropout == []
+    with sampler.sampling():
+        stacked = sampler(window)
+    assert stacked.shape == (2, 3 * 3, 16, 16, 16)
+    samples = stacked.reshape(2, 3, 3, 16, 16, 16)
+    assert not torch.allclose(samples[:, 0], samples[:, 1])  # each copy draws its own dropout mask
+    torch.testing.assert_close(sampler(window).reshape(2, 3, 3, 16, 16, 16)[:, 0], network(window))
+
+
+def test_dynunet_decoder_mode_runs_the_encoder_once_and_samples_the_up_path() -> None:
+    spec = NetworkSpec(
+        out_channels=3,
+        channels=(4, 8, 16),
+        strides=(2, 2),
+        dropout=0.3,
+        architecture="dynunet",
+        dropout_scope="decoder",
+    )
+    network = build_network(spec).eval()
+    calls: list[int] = []
+    network.input_block.register_forward_hook(lambda _m, inputs, _o: calls.append(inputs[0].shape[0]))
+    sampler = DecoderDropoutSampler(network, samples=4, mode="decoder")
+    window = torch.randn(2, 1, 16, 16, 16)
+    torch.testing.assert_close(sampler(window).reshape(2, 4, 3, 16, 16, 16)[:, 3], network(window))
+    with sampler.sampling():
+        samples = sampler(window).reshape(2, 4, 3, 16, 16, 16)
+    assert not torch.allclose(samples[:, 0], samples[:, 1])
+    assert calls == [2, 2, 2]  # the encoder saw each window once per call, never K times
+    assert sampler.sampled_dropout
+    assert all(layer.p == 0.0 for layer in sampler.shared_dropout)
+
+
+def test_dynunet_bottleneck_mode_repeats_the_bottleneck_input_and_samples_its_dropout() -> None:
+    spec = NetworkSpec(
+        out_channels=3,
+        channels=(4, 8, 16),
+        strides=(2, 2),
+        dropout=0.3,
+        architecture="dynunet",
+        dropout_scope="bottleneck",
+    )
+    network = build_network(spec).eval()
+    sampler = DecoderDropoutSampler(network, samples=3, mode="bottleneck")
+    window = torch.randn(1, 1, 16, 16, 16)
+    torch.testing.assert_close(sampler(window).reshape(1, 3, 3, 16, 16, 16)[:, 2], network(window))
+    with sampler.sampling():
+        samples = sampler(window).reshape(1, 3, 3, 16, 16, 16)
+    assert not torch.allclose(samples[:, 0], samples[:, 1])
+    with pytest.raises(ValueError, match="no dropout layer from where 'decoder' sampling starts"):
+        DecoderDropoutSampler(network, samples=3, mode="decoder")
+
+
+def test_a_network_without_dropout_has_nothing_to_sample() -> None:
+    with pytest.raises(ValueError, match="no dropout layer to sample"):
+        DecoderDropoutSampler(SegResNet(spatial_dims=3, init_filters=8), samples=2, mode="decoder")
 
 
 def test_full_mode_is_not_a_sampler_mode(network: nn.Module) -> None:
@@ -160,9 +217,9 @@ def test_a_head_without_dropout_is_rejected() -> None:
 
 def test_mc_mode_setting_parses_case_insensitively(tmp_path: Path) -> None:
     settings = load_settings(
-        {"labels": '{"a": 1}', "mc_mode": "Decoder"}, studies=str(tmp_path), app_dir="/app", env={}
+        {"labels": '{"a": 1}', "mc_mode": "Batched"}, studies=str(tmp_path), app_dir="/app", env={}
     )
-    assert settings.mc_mode is McMode.DECODER
+    assert settings.mc_mode is McMode.BATCHED
 
 
 def test_mc_mode_setting_has_a_default(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from monailabel.client import MONAILabelClient
 from activelabel.cli import main
 from activelabel.store.scores import ScoreStore
 from activelabel.testing.server_process import ServerProcess
+from tests.conftest import ServerFactory
 from tests.helpers import SHARED_DATASETS, write_nifti
 
 TASK_TIMEOUT = 300.0
@@ -252,3 +253,21 @@ def test_real_ct_upload_and_infer_keep_its_geometry(client: MONAILabelClient, se
     label, image = nib.load(label_file), nib.load(source)
     assert label.shape == image.shape
     np.testing.assert_allclose(label.affine, image.affine, atol=1e-3)
+
+
+def test_the_default_dynunet_trains_scores_and_infers_through_the_server(server_factory: ServerFactory) -> None:
+    studies = server_factory.phantoms("dynunet", count=3, seed=2, labeled=2, modality="mr")
+    conf = {"architecture": "dynunet", "modality": "mr", "roi_size": "32,32,32", "channels": "8,16,32"}
+    with server_factory.start(studies, conf=conf) as dynunet:
+        response = requests.post(f"{dynunet.url}/train/segmentation", json={"max_epochs": 1}, timeout=60)
+        assert response.status_code == 200, response.text
+        task = _wait_for_task(dynunet, "train")
+        assert task["status"] == "DONE", "\n".join(task.get("details", []))
+        info = requests.get(f"{dynunet.url}/info/", timeout=30).json()["activelabel"]["model"]
+        assert (info["version"], info["spec"]["architecture"], info["spec"]["deep_supervision"]) == (1, "dynunet", 1)
+        assert requests.post(f"{dynunet.url}/scoring/epistemic", json={}, timeout=60).status_code == 200
+        task = _wait_for_task(dynunet, "scoring")
+        assert task["status"] == "DONE", "\n".join(task.get("details", []))
+        assert _status(dynunet)["scores"]["fresh"] == 1
+        answer = requests.post(f"{dynunet.url}/infer/segmentation", params={"image": "mr_002"}, timeout=120)
+        assert answer.status_code == 200, answer.text

@@ -12,10 +12,13 @@ import pytest
 from activelabel.cli import main
 from activelabel.config import load_settings
 from activelabel.data.phantoms import generate_datastore
+from activelabel.errors import ConfigError
 from activelabel.ml.training import epoch_order
 from activelabel.simulation.loop import Simulation, SimulationConfig, preprocess, split_cases
 
-TINY_CONF = {"roi_size": "48,48,48", "channels": "8,16,32", "modality": "mr"}
+# The cheaper UNet keeps these end-to-end runs short; the default DynUNet is covered by
+# test_training, test_decoder_dropout and test_server.
+TINY_CONF = {"roi_size": "48,48,48", "channels": "8,16,32", "modality": "mr", "architecture": "unet"}
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +53,12 @@ def _simulate(dataset: dict[str, Any], tmp_path: Path, strategy: str) -> dict[st
         config=config,
         work_dir=tmp_path,
         volumes=dataset["volumes"],
+        train_options=settings.train_options(seed=0),
     )
     return simulation.run(progress=False)
 
 
-@pytest.mark.parametrize("strategy", ["random", "mutual_information", "diverse"])
+@pytest.mark.parametrize("strategy", ["random", "foreground_random", "mutual_information", "diverse"])
 def test_rounds_record_curves_and_never_select_test_or_twice(
     dataset: dict[str, Any], tmp_path: Path, strategy: str
 ) -> None:
@@ -71,7 +75,8 @@ def test_rounds_record_curves_and_never_select_test_or_twice(
         assert record["training_seconds"] > 0
         assert {"stop", "reason", "estimated_labels_needed"} <= set(record["stop"])
     assert rounds[1]["picked_agreement"] is not None
-    if strategy != "random":
+    assert results["train_options"]["optimizer"] == dataset["settings"].optimizer.value
+    if strategy not in ("random", "foreground_random"):
         assert rounds[0]["scoring_seconds"] > 0
         assert rounds[0]["pool_uncertainty"] is not None
 
@@ -79,7 +84,7 @@ def test_rounds_record_curves_and_never_select_test_or_twice(
 def test_results_schema_feeds_the_cost_model(dataset: dict[str, Any], tmp_path: Path) -> None:
     results = _simulate(dataset, tmp_path, "entropy")
     json.dumps(results)  # JSON-ready
-    assert set(results) == {"config", "pool", "test", "labels", "rounds", "audit", "summary"}
+    assert set(results) == {"config", "train_options", "pool", "test", "labels", "rounds", "audit", "summary"}
     assert results["pool"] == 9
     assert len(results["test"]) == 3
     assert 0.0 < results["summary"]["fraction_labeled"] <= 1.0
@@ -87,6 +92,15 @@ def test_results_schema_feeds_the_cost_model(dataset: dict[str, Any], tmp_path: 
     assert audit["auto_labeled"] + results["rounds"][-1]["labeled"] == results["pool"]
     assert audit["automation"] == pytest.approx(audit["auto_labeled"] / results["pool"])
     assert audit["accepted"] <= audit["audited"] <= audit["auto_labeled"]
+    triage = audit["triage"]
+    assert triage["auto_accepted"] + triage["sent_back"] == audit["auto_labeled"]
+    assert triage["failed_audit"] <= triage["auto_accepted"]
+    assert len(audit["automation_accuracy_curve"]) == audit["auto_labeled"]
+    assert 0.0 <= audit["automation_at_90"] <= audit["automation"]
+    effort = audit["effort"]
+    assert effort["labeled"] == results["rounds"][-1]["labeled"] + triage["sent_back"] + triage["failed_audit"]
+    assert results["summary"]["effort_saved"] == pytest.approx(effort["effort_saved"])
+    assert results["summary"]["effort_fraction_labeled"] == pytest.approx(effort["labeled"] / results["pool"])
 
 
 def test_full_data_reference_labels_the_whole_pool(dataset: dict[str, Any], tmp_path: Path) -> None:
@@ -155,3 +169,25 @@ def test_fixed_steps_per_epoch_cycle_through_every_volume() -> None:
     assert len(order) == 7
     assert sorted(order[:3]) == sorted(order[3:6]) == [0, 1, 2]
     assert sorted(epoch_order(4, None, rng)) == [0, 1, 2, 3]
+
+
+def test_diverse_cold_start_picks_distinct_pool_volumes_spread_in_feature_space(
+    dataset: dict[str, Any], tmp_path: Path
+) -> None:
+    settings = dataset["settings"]
+    config = SimulationConfig(strategy="random", initial=3, test_fraction=0.25, cold_start="diverse")
+    simulation = Simulation(
+        dataset["images"],
+        dataset["truths"],
+        labels=settings.labels,
+        preset=settings.preset,
+        spec=settings.network,
+        config=config,
+        work_dir=tmp_path,
+        volumes=dataset["volumes"],
+    )
+    picked = simulation._cold_start(random.Random(0))
+    assert len(picked) == len(set(picked)) == 3
+    assert set(picked) <= set(simulation.pool)
+    with pytest.raises(ConfigError, match="cold_start must be"):
+        SimulationConfig(strategy="random", cold_start="kmeans")

@@ -13,7 +13,8 @@ from monailabel.datastore.local import LocalDatastore
 from activelabel.datastore.indexed import IndexedLocalDatastore
 from activelabel.ml.uncertainty import UncertaintyMetric, VolumeUncertainty
 from activelabel.store.scores import ScoreStore
-from activelabel.strategies.diverse import DiverseUncertain, cosine_distances, diversity_priority
+from activelabel.strategies.diverse import DiverseUncertain, cosine_distances, diversity_priority, farthest_first
+from activelabel.strategies.foreground_random import ForegroundRandom, pick_foreground_random
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample, pick_random
 from tests.helpers import tiny_datastore
@@ -117,3 +118,58 @@ def test_diverse_strategy_spreads_a_batch(datastore: LocalDatastore, scores: Sco
     datastore.refresh()
     second = strategy({}, datastore)["id"]
     assert {first, second} in ({"b", "d"}, {"c", "d"})
+
+
+def test_foreground_random_draws_in_proportion_to_foreground_two_times_in_three() -> None:
+    foreground = {"b": 1.0, "c": 9.0, "d": 0.0}
+    rng = random.Random(0)
+    picks = [pick_foreground_random(["b", "c", "d"], foreground, rng=rng) for _ in range(3000)]
+    counts = {i: picks.count(i) for i in "bcd"}
+    # Uniform third: 1000/3 each; weighted two thirds: 10% b, 90% c, none d.
+    assert counts["d"] == pytest.approx(1000 / 3, rel=0.2)
+    assert counts["b"] == pytest.approx(1000 / 3 + 2000 * 0.1, rel=0.2)
+    assert counts["c"] == pytest.approx(1000 / 3 + 2000 * 0.9, rel=0.1)
+
+
+def test_foreground_random_with_no_uniform_share_never_picks_empty_foreground() -> None:
+    rng = random.Random(1)
+    picks = {pick_foreground_random(["b", "c"], {"b": 0.0, "c": 2.0}, rng=rng, uniform_share=0.0) for _ in range(50)}
+    assert picks == {"c"}
+
+
+def test_foreground_random_weighs_unknown_volumes_as_the_mean_and_refuses_bad_shares() -> None:
+    rng = random.Random(2)
+    picks = [pick_foreground_random(["b", "x"], {"b": 4.0}, rng=rng, uniform_share=0.0) for _ in range(400)]
+    assert picks.count("x") == pytest.approx(200, rel=0.25)
+    assert pick_foreground_random([], {}, rng=rng) is None
+    with pytest.raises(ValueError, match="uniform_share must be in"):
+        pick_foreground_random(["b"], {}, rng=rng, uniform_share=1.5)
+
+
+def test_foreground_random_strategy_reads_predicted_foreground_and_skips_labeled(
+    datastore: LocalDatastore, tmp_path: Path
+) -> None:
+    store = ScoreStore(tmp_path / "fg-scores.sqlite")
+    for image_id, fraction in {"a": 1.0, "b": 0.0, "c": 0.0, "d": 0.5}.items():
+        uncertainty = VolumeUncertainty(
+            entropy=0.1, mutual_information=0.1, variance=0.1, foreground_fraction=fraction, samples=2
+        )
+        store.put(image_id, 1, uncertainty, seconds=0.1)
+    strategy = ForegroundRandom(scores=store, uniform_share=0.0)
+    picks = {strategy({"seed": seed}, datastore)["id"] for seed in range(30)}
+    assert picks == {"d"}  # "a" is labeled; "b" and "c" have no predicted foreground
+    assert strategy({"seed": 0}, datastore)["strategy"] == "foreground_random"
+
+
+def test_farthest_first_spreads_the_cold_start_over_feature_space() -> None:
+    embeddings = {
+        "a1": np.array([1.0, 0.0]),
+        "a2": np.array([0.99, 0.01]),
+        "b": np.array([0.0, 1.0]),
+        "c": np.array([-1.0, 0.0]),
+    }
+    assert farthest_first(embeddings, 3, first="a1") == ["a1", "c", "b"]
+    assert farthest_first(embeddings, 9, first="b")[:1] == ["b"]
+    assert len(farthest_first(embeddings, 9, first="b")) == 4
+    with pytest.raises(ValueError, match="no embedding"):
+        farthest_first(embeddings, 2, first="zz")

@@ -35,6 +35,7 @@ from activelabel.store.submissions import SubmissionLog, label_agreement
 from activelabel.store.validation import InputRejected
 from activelabel.strategies.audit import AuditSample
 from activelabel.strategies.diverse import DiverseUncertain
+from activelabel.strategies.foreground_random import ForegroundRandom
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
 from activelabel.tasks.infer import SegmentationInfer
@@ -197,6 +198,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             "most_uncertain": MostUncertain(scores=self.score_store, metric=self.settings.uncertainty_metric),
             "diverse": DiverseUncertain(scores=self.score_store, metric=self.settings.uncertainty_metric),
             "random": RandomSample(),
+            "foreground_random": ForegroundRandom(scores=self.score_store),
             "audit": AuditSample(audits=self.audits),
         }
 

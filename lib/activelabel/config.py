@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -20,8 +21,9 @@ from activelabel.access.mode import AuthSetting
 from activelabel.errors import ConfigError
 from activelabel.labelmap import LABELS_FILE, LabelMap
 from activelabel.ml.decoder_dropout import McMode
-from activelabel.ml.networks import NetworkSpec
-from activelabel.ml.transforms import Modality, Preset, preset_for
+from activelabel.ml.networks import Architecture, DropoutScope, NetworkSpec
+from activelabel.ml.training import Optimizer, Schedule, TrainOptions, bf16_supported
+from activelabel.ml.transforms import Modality, Normalization, Preset, preset_for
 from activelabel.ml.uncertainty import UncertaintyMetric
 
 ENV_PREFIX = "ACTIVELABEL_"
@@ -90,6 +92,13 @@ def _modalities(text: str) -> tuple[str, ...]:
     return values
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -119,7 +128,24 @@ KEYS: dict[str, Key] = {
     "spacing": Key(None, _spacing, "target voxel spacing in mm, e.g. 3,3,3, or none (default: modality preset)"),
     "roi_size": Key(None, _roi, "patch size for training and sliding-window inference (default: modality preset)"),
     "channels": Key("16,32,64,128", _ints, "UNet feature maps per level"),
-    "dropout": Key("0.2", _fraction, "dropout probability in every UNet block (MC dropout needs > 0)"),
+    "dropout": Key("0.2", _fraction, "dropout probability of the UNet blocks that drop out (MC dropout needs > 0)"),
+    "architecture": Key(
+        "dynunet",
+        lambda t: Architecture(t.strip().lower()),
+        "segmentation network: dynunet (nnU-Net's plain UNet) or unet (MONAI UNet with residual units)",
+    ),
+    "deep_supervision": Key("2", _non_negative_int, "extra lower-resolution training heads (dynunet only)"),
+    "normalization": Key(
+        "auto",
+        str,
+        "intensity normalization: auto (CT: fixed HU window; MR: z-score per volume), zscore, or percentile",
+    ),
+    "dropout_scope": Key(
+        "bottleneck",
+        lambda t: DropoutScope(t.strip().lower()),
+        "blocks with dropout: bottleneck (the deepest block only), decoder (the up path) or all; keep mc_mode "
+        "at or before where dropout starts",
+    ),
     "mc_samples": Key("4", _positive_int, "Monte-Carlo dropout samples per volume when scoring"),
     "uncertainty_metric": Key(
         "mutual_information",
@@ -128,10 +154,33 @@ KEYS: dict[str, Key] = {
     ),
     "foreground_dilation": Key("3", int, "voxels by which the predicted foreground grows before aggregating"),
     "sw_overlap": Key("0.25", _fraction, "overlap of sliding-window inference"),
-    "max_epochs": Key("20", _positive_int, "training epochs per run (a request may override)"),
-    "learning_rate": Key("0.001", float, "Adam learning rate"),
+    "max_epochs": Key(
+        "20", _positive_int, "epochs at most per training run; the step cap is max_epochs x steps_per_epoch"
+    ),
+    "steps_per_epoch": Key(
+        "100", _non_negative_int, "optimizer steps between validations (0: one step per training volume)"
+    ),
+    "patience": Key(
+        "5", _non_negative_int, "stop training after this many epochs without a better validation Dice (0: never)"
+    ),
+    "optimizer": Key("adamw", lambda t: Optimizer(t.strip().lower()), "adamw, adam or sgd (nnU-Net's, momentum 0.99)"),
+    "lr_schedule": Key("cosine", lambda t: Schedule(t.strip().lower()), "cosine, poly or constant, over the step cap"),
+    "learning_rate": Key("0.003", float, "initial learning rate"),
+    "mirror_axes": Key(
+        "auto",
+        str,
+        "axes flipped in training augmentation: auto (all three, but not left-right when a label name says left or "
+        "right), none, or e.g. 1,2",
+    ),
+    "test_time_mirroring": Key("false", _bool, "validate on the mean over the flips of mirror_axes (2^axes passes)"),
+    "foreground_share": Key("0.33", _fraction, "share of training patches centred on a labeled voxel"),
+    "bf16": Key(
+        "auto",
+        str,
+        "train in bfloat16 autocast: auto (where the CPU has AVX512-BF16/AMX or the GPU supports it), true, false",
+    ),
     "val_split": Key("0.2", _fraction, "fraction of labeled volumes held out for validation"),
-    "samples_per_volume": Key("2", _positive_int, "random patches drawn per volume per epoch"),
+    "samples_per_volume": Key("2", _positive_int, "patches per optimizer step (cropped from one volume)"),
     "seed": Key("0", int, "seed of the initial weights, the validation split and training"),
     "device": Key("auto", str, "auto, cpu or cuda[:N]"),
     "model_dir": Key(None, str, "checkpoint directory (default: <state_dir>/model)"),
@@ -172,7 +221,7 @@ KEYS: dict[str, Key] = {
         "(default: 1 locally, scoring inside the scoring task; one per cluster CPU on Ray)",
     ),
     "mc_mode": Key(
-        "decoder",
+        "bottleneck",
         McMode.parse,
         "MC-dropout layers sampled when scoring: full (every layer, one network pass per sample), batched (every "
         "layer, samples as one batch), or only from the bottleneck, decoder (up path) or head (output block) on, "
@@ -210,7 +259,38 @@ class Settings:
     task_worker: bool = True
     ray_address: str | None = None
     scoring_workers: int | None = None
-    mc_mode: McMode = McMode.DECODER
+    mc_mode: McMode = McMode.BOTTLENECK
+    steps_per_epoch: int = 100
+    patience: int = 5
+    optimizer: Optimizer = Optimizer.ADAMW
+    lr_schedule: Schedule = Schedule.COSINE
+    mirror_axes: tuple[int, ...] = ()
+    test_time_mirroring: bool = False
+    foreground_share: float = 0.33
+    bf16: bool = False
+
+    def train_options(self, *, seed: int, **overrides: Any) -> TrainOptions:
+        """The training recipe of these settings (``overrides`` replace any of its fields).
+
+        One place for the server's trainer, the simulator and the benchmarks, so all of them
+        train the same way.
+        """
+        options = TrainOptions(
+            max_epochs=self.max_epochs,
+            learning_rate=self.learning_rate,
+            samples_per_volume=self.samples_per_volume,
+            seed=seed,
+            overlap=self.sw_overlap,
+            steps_per_epoch=self.steps_per_epoch or None,
+            optimizer=self.optimizer,
+            schedule=self.lr_schedule,
+            patience=self.patience or None,
+            mirror_axes=self.mirror_axes,
+            test_time_mirroring=self.test_time_mirroring,
+            foreground_share=self.foreground_share,
+            bf16=self.bf16,
+        )
+        return replace(options, **overrides)
 
     @property
     def scores_path(self) -> Path:
@@ -306,6 +386,38 @@ def _labels(text: str | None, studies: str) -> LabelMap:
         raise ConfigError(f"invalid value for 'labels': {error}") from None
 
 
+LATERAL = re.compile(r"(left|right|(^|[_\s-])[lr]($|[_\s-]))", re.IGNORECASE)
+"""Label names that say a side: flipping left and right would swap their meaning."""
+
+
+def _mirror_axes(text: str, labels: LabelMap) -> tuple[int, ...]:
+    """The ``mirror_axes`` setting as axes: ``auto`` keeps the left-right axis (0 in RAS) only
+    when no label name names a side."""
+    lowered = text.strip().lower()
+    if lowered == "auto":
+        lateral = any(LATERAL.search(name) for name in labels.names)
+        return (1, 2) if lateral else (0, 1, 2)
+    if lowered in ("none", ""):
+        return ()
+    try:
+        axes = tuple(sorted({int(p) for p in lowered.split(",") if p.strip()}))
+    except ValueError:
+        raise ConfigError(f"invalid value {text!r} for 'mirror_axes': expected auto, none or axes like 0,1,2") from None
+    if any(axis not in (0, 1, 2) for axis in axes):
+        raise ConfigError(f"invalid value {text!r} for 'mirror_axes': axes are 0, 1 and 2")
+    return axes
+
+
+def _bf16(text: str, *, device: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered == "auto":
+        return bf16_supported(device)
+    try:
+        return _bool(lowered)
+    except ValueError:
+        raise ConfigError(f"invalid value {text!r} for 'bf16': expected auto, true or false") from None
+
+
 def _device(text: str) -> str:
     if text == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -335,13 +447,29 @@ def load_settings(
         preset = replace(preset, spacing=values["spacing"])
     if values["roi_size"] is not None:
         preset = replace(preset, roi_size=values["roi_size"])
+    if values["normalization"].strip().lower() != "auto":
+        try:
+            preset = replace(preset, normalization=Normalization(values["normalization"].strip().lower()))
+        except ValueError:
+            choices = ", ".join(n.value for n in Normalization)
+            raise ConfigError(f"invalid value for 'normalization': choose auto, {choices}") from None
     channels = values["channels"]
     network = NetworkSpec(
         out_channels=labels.num_channels,
         channels=channels,
         strides=(2,) * (len(channels) - 1),
         dropout=values["dropout"],
+        dropout_scope=values["dropout_scope"].value,
+        architecture=values["architecture"].value,
+        deep_supervision=(
+            min(values["deep_supervision"], len(channels) - 2) if values["architecture"] is Architecture.DYNUNET else 0
+        ),
     )
+    if values["dropout_scope"] is DropoutScope.BOTTLENECK and values["mc_mode"] in (McMode.DECODER, McMode.HEAD):
+        raise ConfigError(
+            f"mc_mode {values['mc_mode'].value!r} samples no dropout layer when dropout_scope is 'bottleneck': "
+            "use mc_mode bottleneck, batched or full, or dropout_scope decoder or all"
+        )
     divisor = network.size_divisor
     if any(size % divisor for size in preset.roi_size):
         raise ConfigError(f"roi_size {preset.roi_size} must be a multiple of {divisor} for this network")
@@ -354,6 +482,8 @@ def load_settings(
         "device": _device(values["device"]),
         "state_dir": state_dir,
         "model_dir": model_dir,
+        "mirror_axes": _mirror_axes(values["mirror_axes"], labels),
+        "bf16": _bf16(values["bf16"], device=_device(values["device"])),
     }
     # Every other field of Settings is the key of the same name, parsed.
     return Settings(**{f.name: derived[f.name] if f.name in derived else values[f.name] for f in fields(Settings)})

@@ -61,6 +61,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         steps_per_epoch=args.steps_per_epoch,
         mc_samples=args.mc_samples,
         audit_threshold=args.audit_threshold,
+        patience=args.patience,
+        cold_start=args.cold_start,
     )
     prepare = {"preset": settings.preset, "labels": settings.labels}
     volumes = (
@@ -76,6 +78,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         spec=settings.network,
         config=config,
         volumes=volumes,
+        train_options=settings.train_options(seed=args.seed),
+        device=settings.device,
         progress=not args.quiet,
     )
     atomic_write_json(args.out, results)
@@ -104,7 +108,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs-per-round", type=int, default=5)
     parser.add_argument("--steps-per-epoch", type=int, default=20, help="optimizer steps per epoch (default: 20)")
+    parser.add_argument(
+        "--patience", type=int, default=None, help="epochs without a better validation Dice before a round stops"
+    )
     parser.add_argument("--mc-samples", type=int, default=4)
+    parser.add_argument(
+        "--cold-start",
+        default="random",
+        choices=["random", "diverse"],
+        help="how the initial volumes are picked (diverse: farthest-first in feature space)",
+    )
     parser.add_argument("--audit-threshold", type=float, default=0.8, help="accept an auto-label at this Dice")
     parser.add_argument("--cache", type=Path, default=None, help="file caching the pre-processed volumes")
     parser.add_argument("--conf", nargs=2, action="append", metavar=("KEY", "VALUE"), help="app setting, repeatable")

@@ -10,24 +10,25 @@ pass blends every sample at once; :func:`split_samples` turns that back into
 Where sampling starts is the :class:`McMode`: the deeper it starts, the more is shared and
 the cheaper each extra sample is, but the less of the network's uncertainty is sampled.
 The split follows MONAI's ``UNet`` nesting
-``Sequential(down, SkipConnection(Sequential(down, SkipConnection(...), up)), up)``;
-other networks are rejected with a :class:`TypeError`.
+``Sequential(down, SkipConnection(Sequential(down, SkipConnection(...), up)), up)``.  A
+``DynUNet`` in ``BOTTLENECK`` or ``DECODER`` mode is split at its bottleneck instead: hooks
+repeat the bottleneck's input (or output) and every skip ``K`` times, so the encoder (and the
+bottleneck) run once and the rest samples.  Any other network or mode replicates each window ``K`` times: the samples
+are still one batch and every dropout layer samples, but nothing is shared.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import Enum
 
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.networks.layers.simplelayers import SkipConnection
-from monai.networks.nets import UNet
+from monai.networks.nets import DynUNet, UNet
 from torch import nn
 
-from activelabel.ml.networks import dropout_layers, mc_dropout
+from activelabel.ml.networks import UNetLevels, dropout_layers, mc_dropout, unet_levels
 
 
 class McMode(str, Enum):
@@ -64,53 +65,6 @@ class McMode(str, Enum):
             raise ValueError(f"expected one of: {', '.join(mode.value for mode in cls)}") from None
 
 
-@dataclass(frozen=True)
-class UNetLevels:
-    """A MONAI UNet unrolled into its stages.
-
-    Attributes:
-        downs: down-sampling blocks, shallowest (input resolution) first.
-        bottom: the bottleneck block.
-        ups: up-sampling blocks, shallowest (output block) first; ``ups[i]`` takes the
-            concatenation of ``downs[i]``'s output and the next deeper stage's output.
-    """
-
-    downs: tuple[nn.Module, ...]
-    bottom: nn.Module
-    ups: tuple[nn.Module, ...]
-
-    def stages(self) -> list[nn.Module]:
-        """Every stage in data-flow order: downs, bottom, then ups from deepest to the output."""
-        return [*self.downs, self.bottom, *reversed(self.ups)]
-
-
-def _is_level(module: nn.Module) -> bool:
-    return isinstance(module, nn.Sequential) and len(module) == 3 and isinstance(module[1], SkipConnection)
-
-
-def unet_levels(network: nn.Module) -> UNetLevels:
-    """Unroll a MONAI ``UNet`` into down blocks, bottleneck and up blocks.
-
-    Raises:
-        TypeError: when ``network`` is not a MONAI ``UNet`` with concatenating skip connections.
-    """
-    if not isinstance(network, UNet):
-        raise TypeError(f"decoder-only MC dropout needs a MONAI UNet, got {type(network).__name__}")
-    downs: list[nn.Module] = []
-    ups: list[nn.Module] = []
-    level: nn.Module = network.model
-    while _is_level(level):
-        skip = level[1]
-        if skip.mode != "cat" or skip.dim != 1:
-            raise TypeError(f"decoder-only MC dropout needs channel-concatenating skips, got mode {skip.mode!r}")
-        downs.append(level[0])
-        ups.append(level[2])
-        level = skip.submodule
-    if not downs:
-        raise TypeError("the UNet has no Sequential(down, SkipConnection, up) levels to split")
-    return UNetLevels(downs=tuple(downs), bottom=level, ups=tuple(ups))
-
-
 def _first_stage(levels: UNetLevels, mode: McMode) -> int:
     """Index in :meth:`UNetLevels.stages` of the stage where sampling starts."""
     deepest_up = len(levels.downs) + 1
@@ -138,7 +92,7 @@ class DecoderDropoutSampler(nn.Module):
         mode: where sampling starts (any :class:`McMode` but ``FULL``).
 
     Raises:
-        TypeError: when ``network`` is not a MONAI ``UNet``.
+        TypeError: when a MONAI ``UNet``'s skips do not concatenate channels.
         ValueError: when ``samples < 1``, ``mode`` is ``FULL`` or no dropout layer follows
             the start.
     """
@@ -150,6 +104,25 @@ class DecoderDropoutSampler(nn.Module):
         self.network = network
         self.samples = samples
         self.mode = McMode(mode)
+        if self.mode is McMode.FULL:
+            raise ValueError("mode 'full' samples the whole network; use full MC dropout for it")
+        self.levels: UNetLevels | None = None
+        self._dynunet_split = isinstance(network, DynUNet) and self.mode in (McMode.BOTTLENECK, McMode.DECODER)
+        if self._dynunet_split:
+            decoder = [network.upsamples, network.output_block]
+            encoder = [network.input_block, network.downsamples]
+            (decoder if self.mode is McMode.BOTTLENECK else encoder).append(network.bottleneck)
+            self.shared_dropout = [layer for part in encoder for layer in dropout_layers(part)]
+            self.sampled_dropout = [layer for part in decoder for layer in dropout_layers(part)]
+            if not any(layer.p > 0 for layer in self.sampled_dropout):
+                raise ValueError(f"the network has no dropout layer from where {self.mode.value!r} sampling starts")
+            return
+        if not isinstance(network, UNet):
+            self.shared_dropout: list[nn.Module] = []
+            self.sampled_dropout = dropout_layers(network)
+            if not self.sampled_dropout:
+                raise ValueError("the network has no dropout layer to sample")
+            return
         self.levels = unet_levels(network)
         stages = self.levels.stages()
         first = _first_stage(self.levels, self.mode)
@@ -181,6 +154,27 @@ class DecoderDropoutSampler(nn.Module):
             features = up(torch.cat([skip.expand(features.shape[0], *skip.shape[1:]), features], dim=1))
         return features
 
+    def _forward_dynunet(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, C_in, *roi)`` -> ``(B * K, C, *roi)``: the bottleneck input (or output) repeated ``K`` times."""
+        network = self.network
+        samples = self.samples
+        if self.mode is McMode.BOTTLENECK:
+            handles = [
+                network.bottleneck.register_forward_pre_hook(
+                    lambda _m, inputs: (inputs[0].repeat_interleave(samples, dim=0), *inputs[1:])
+                )
+            ]
+        else:
+            handles = [
+                network.bottleneck.register_forward_hook(lambda _m, _i, out: out.repeat_interleave(samples, dim=0))
+            ]
+        handles += [up.register_forward_pre_hook(_repeat_skip) for up in network.upsamples]
+        try:
+            return network(images)
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of ``K`` samples stacked sample-major along the channel axis.
 
@@ -190,12 +184,26 @@ class DecoderDropoutSampler(nn.Module):
         Returns:
             ``(B, K * C, *roi)`` logits; channel ``k * C + c`` is class ``c`` of sample ``k``.
         """
+        if self._dynunet_split:
+            logits = self._forward_dynunet(images)
+            return logits.reshape(images.shape[0], -1, *logits.shape[2:])
+        if self.levels is None:  # not splittable: K copies of each window as one batch
+            logits = self.network(images.repeat_interleave(self.samples, dim=0))
+            return logits.reshape(images.shape[0], -1, *logits.shape[2:])
         handle = self.sampled_dropout[0].register_forward_pre_hook(self._expand)
         try:
             outputs = [self._forward_one(image[None]) for image in images]
         finally:
             handle.remove()
         return torch.stack(outputs).flatten(start_dim=1, end_dim=2)
+
+
+def _repeat_skip(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Forward pre-hook of a DynUNet up block: repeat its skip to the (repeated) input's batch."""
+    features, skip, *rest = inputs
+    if skip.shape[0] != features.shape[0]:
+        skip = skip.repeat_interleave(features.shape[0] // skip.shape[0], dim=0)
+    return (features, skip, *rest)
 
 
 def split_samples(stacked: torch.Tensor, *, samples: int) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -64,13 +65,33 @@ def _batch(image: torch.Tensor, device: str | torch.device) -> torch.Tensor:
     return torch.as_tensor(image, dtype=torch.float32)[None].to(device)
 
 
+def mirror_flips(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of the spatial ``axes`` (as batch-tensor dims), the empty one first."""
+    dims = [axis + 2 for axis in axes]
+    return [tuple(d for bit, d in enumerate(dims) if mask >> bit & 1) for mask in range(2 ** len(dims))]
+
+
 @torch.no_grad()
-def predict_probabilities(network: nn.Module, image: torch.Tensor, inferer: SlidingWindowInferer) -> torch.Tensor:
-    """Deterministic softmax probabilities ``(C, *spatial)``; the network is put in eval mode."""
+def predict_probabilities(
+    network: nn.Module, image: torch.Tensor, inferer: SlidingWindowInferer, *, mirror_axes: Sequence[int] = ()
+) -> torch.Tensor:
+    """Deterministic softmax probabilities ``(C, *spatial)``; the network is put in eval mode.
+
+    With ``mirror_axes`` (test-time mirroring, as nnU-Net does) the result is the mean of the
+    probabilities over every flip of those spatial axes: ``2 ** len(mirror_axes)`` passes.
+    """
     network.eval()
     device = next(network.parameters()).device
-    logits = inferer(_batch(image, device), network)
-    return torch.softmax(torch.as_tensor(logits), dim=1)[0].cpu()
+    batch = _batch(image, device)
+    total: torch.Tensor | None = None
+    flips = mirror_flips(mirror_axes)
+    for dims in flips:
+        flipped = torch.flip(batch, dims) if dims else batch
+        probabilities = torch.softmax(torch.as_tensor(inferer(flipped, network)), dim=1)
+        probabilities = torch.flip(probabilities, dims) if dims else probabilities
+        total = probabilities if total is None else total + probabilities
+    assert total is not None
+    return (total / len(flips))[0].cpu()
 
 
 class BottleneckFeatures:

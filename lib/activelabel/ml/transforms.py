@@ -22,8 +22,12 @@ from monai.transforms import (
     EnsureTyped,
     LoadImaged,
     MapTransform,
+    NormalizeIntensityd,
     Orientationd,
+    RandAffined,
     RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ScaleIntensityRanged,
@@ -42,16 +46,28 @@ class Modality(str, Enum):
     MR = "mr"
 
 
+class Normalization(str, Enum):
+    """How image intensities are normalized before the network sees them."""
+
+    WINDOW = "window"
+    """A fixed intensity window mapped to [0, 1] (CT: Hounsfield units mean the same everywhere)."""
+    PERCENTILE = "percentile"
+    """Each volume's lower/upper percentiles mapped to [0, 1], clipped."""
+    ZSCORE = "zscore"
+    """Each volume to mean 0 and standard deviation 1 (nnU-Net's choice for MR)."""
+
+
 @dataclass(frozen=True)
 class Preset:
     """Intensity and geometry settings of one modality.
 
     Attributes:
-        modality: CT (fixed Hounsfield window) or MR (per-volume percentiles).
+        modality: CT or MR.
         spacing: target voxel spacing in mm, RAS order; ``None`` keeps each image's own.
         roi_size: patch size of training crops and sliding-window inference (voxels).
         window: CT intensity window in HU mapped to [0, 1].
-        percentiles: MR lower/upper percentiles mapped to [0, 1].
+        percentiles: lower/upper percentiles mapped to [0, 1] (percentile normalization).
+        normalization: ``None`` is the modality's own: the window for CT, z-score for MR.
     """
 
     modality: Modality
@@ -59,6 +75,14 @@ class Preset:
     roi_size: tuple[int, int, int]
     window: tuple[float, float] = (-250.0, 350.0)
     percentiles: tuple[float, float] = (0.5, 99.5)
+    normalization: Normalization | None = None
+
+    @property
+    def intensity(self) -> Normalization:
+        """The normalization in force (the modality's own when none is set)."""
+        if self.normalization is not None:
+            return Normalization(self.normalization)
+        return Normalization.WINDOW if self.modality is Modality.CT else Normalization.ZSCORE
 
 
 PRESETS: dict[Modality, Preset] = {
@@ -115,9 +139,11 @@ def channels_to_label_values(keys: KeysCollection, labels: LabelMap) -> MapArray
 
 
 def _intensity(preset: Preset) -> MapTransform:
-    if preset.modality is Modality.CT:
+    if preset.intensity is Normalization.WINDOW:
         low, high = preset.window
         return ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+    if preset.intensity is Normalization.ZSCORE:
+        return NormalizeIntensityd(keys="image", channel_wise=True)
     low, high = preset.percentiles
     return ScaleIntensityRangePercentilesd(keys="image", lower=low, upper=high, b_min=0.0, b_max=1.0, clip=True)
 
@@ -154,24 +180,54 @@ def evaluation_transforms(preset: Preset, labels: LabelMap) -> Compose:
     return Compose(load_transforms(preset, labels=labels))
 
 
-def augmentation_transforms(preset: Preset, *, samples_per_volume: int = 2) -> Compose:
-    """Random patch sampling and intensity augmentation after :func:`evaluation_transforms`.
+def augmentation_transforms(
+    preset: Preset,
+    *,
+    samples_per_volume: int = 2,
+    mirror_axes: Sequence[int] = (),
+    foreground_share: float = 2.0 / 3.0,
+    affine: bool = False,
+) -> Compose:
+    """Random patch sampling and augmentation after :func:`evaluation_transforms`.
 
-    No flips: left and right organs carry different labels.
+    Args:
+        preset: its ``roi_size`` is the patch size.
+        samples_per_volume: patches per call (a list of that many dicts).
+        mirror_axes: spatial axes flipped with probability 1/2 each.  None by default: flips
+            confuse labels that differ by side (left and right organs).
+        foreground_share: share of patches centred on a labeled voxel.
+        affine: small random rotations (up to 15 degrees) and scalings (0.85-1.25), each patch
+            with probability 0.2, as nnU-Net does (applied to the patch, so cheap).
     """
-    return Compose(
-        [
-            SpatialPadd(keys=("image", "label"), spatial_size=preset.roi_size),
-            RandCropByPosNegLabeld(
-                keys=("image", "label"),
-                label_key="label",
-                spatial_size=preset.roi_size,
-                pos=2,
-                neg=1,
-                num_samples=samples_per_volume,
-                allow_smaller=True,
-            ),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
-            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-        ]
-    )
+    keys = ("image", "label")
+    transforms: list[MapTransform] = [
+        SpatialPadd(keys=keys, spatial_size=preset.roi_size),
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=preset.roi_size,
+            pos=foreground_share,
+            neg=1.0 - foreground_share,
+            num_samples=samples_per_volume,
+            allow_smaller=True,
+        ),
+    ]
+    if affine:
+        angle = np.deg2rad(15.0)
+        transforms.append(
+            RandAffined(
+                keys=keys,
+                prob=0.2,
+                rotate_range=(angle, angle, angle),
+                scale_range=(0.15, 0.15, 0.15),
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            )
+        )
+    transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in mirror_axes]
+    transforms += [
+        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
+        RandGaussianNoised(keys="image", prob=0.1, std=0.02),
+    ]
+    return Compose(transforms)

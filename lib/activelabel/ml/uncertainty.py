@@ -151,6 +151,7 @@ class SampleAccumulator:
 
     def __init__(self) -> None:
         self.count = 0
+        self._labels: list[torch.Tensor] = []
         self._sum: torch.Tensor | None = None
         self._sum_sq: torch.Tensor | None = None
         self._sum_entropy: torch.Tensor | None = None
@@ -167,7 +168,32 @@ class SampleAccumulator:
             self._sum += probs
             self._sum_sq += probs**2
             self._sum_entropy += entropy
+        self._labels.append(probs.argmax(dim=0).to(torch.uint8))
         self.count += 1
+
+    def sample_agreement(self) -> float:
+        """Mean pairwise Dice between the samples' label maps: a quality estimate needing no truth.
+
+        For every pair of samples, the Dice of each foreground class (empty in both counts as
+        1) averaged over the classes, then over the pairs.  Failure-detection studies find
+        this agreement a far better predictor of a segmentation's true Dice than mean entropy.
+        1.0 with fewer than two samples.
+        """
+        self._require()
+        if self.count < 2:
+            return 1.0
+        classes = int(self._sum.shape[0])  # type: ignore[union-attr]
+        scores = []
+        for i in range(self.count):
+            for j in range(i + 1, self.count):
+                a, b = self._labels[i], self._labels[j]
+                per_class = []
+                for value in range(1, classes):
+                    in_a, in_b = a == value, b == value
+                    total = int(in_a.sum()) + int(in_b.sum())
+                    per_class.append(1.0 if total == 0 else 2.0 * int((in_a & in_b).sum()) / total)
+                scores.append(sum(per_class) / len(per_class) if per_class else 1.0)
+        return float(sum(scores) / len(scores))
 
     def _require(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._sum is None or self._sum_sq is None or self._sum_entropy is None:

@@ -169,7 +169,9 @@ def fraction_from_results(path: Path) -> float:
         path: Results file written by ``activelabel simulate``.
 
     Returns:
-        ``results["summary"]["fraction_labeled"]``, a float in [0, 1].
+        ``results["summary"]["effort_fraction_labeled"]`` when present (every volume an expert
+        labels by hand: those the strategy chose, those triage sent back and those that failed
+        their audit), else ``results["summary"]["fraction_labeled"]``; a float in [0, 1].
 
     Raises:
         ConfigError: If the file is missing or unreadable, or the value is absent or invalid.
@@ -188,7 +190,8 @@ def fraction_from_results(path: Path) -> float:
         raise ConfigError(
             f"results file {path} has no summary.fraction_labeled (expected 'activelabel simulate' output)"
         )
-    value = summary["fraction_labeled"]
+    value = summary.get("effort_fraction_labeled")
+    value = summary["fraction_labeled"] if value is None else value
     if not _is_number(value) or not 0 <= value <= 1:
         raise ConfigError(f"summary.fraction_labeled in {path} must be a number between 0 and 1, got {value!r}")
     return float(value)

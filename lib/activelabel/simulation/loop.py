@@ -14,7 +14,7 @@ import random
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +26,39 @@ from tqdm import tqdm
 
 from activelabel.errors import ConfigError
 from activelabel.labelmap import LabelMap
-from activelabel.ml.inference import embed_volume, mc_dropout_uncertainty, predict_probabilities, sliding_window
+from activelabel.ml.inference import (
+    embed_volume,
+    mc_dropout_samples,
+    mc_dropout_uncertainty,
+    predict_probabilities,
+    sliding_window,
+)
 from activelabel.ml.metrics import dice_per_label, mean_dice
 from activelabel.ml.networks import NetworkSpec, build_network, initial_state
 from activelabel.ml.training import TrainOptions, load_volumes, split_train_val, train_network, validate
 from activelabel.ml.transforms import Preset
 from activelabel.ml.uncertainty import UncertaintyMetric
 from activelabel.server.stop_rule import RoundSignals, StopRule
+from activelabel.simulation.triage import (
+    automation_accuracy_curve,
+    curve_automation_at,
+    expert_effort,
+    quality_threshold,
+    rank_correlation,
+    triage_outcome,
+)
 from activelabel.store.scores import ScoreStore
-from activelabel.strategies.diverse import DiverseUncertain
+from activelabel.strategies.diverse import DiverseUncertain, farthest_first
+from activelabel.strategies.foreground_random import ForegroundRandom
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
 
 logger = logging.getLogger(__name__)
 
 FULL_DATA = "all"
-STRATEGIES = ("random", "entropy", "mutual_information", "variance", "diverse", FULL_DATA)
+STRATEGIES = ("random", "foreground_random", "entropy", "mutual_information", "variance", "diverse", FULL_DATA)
+RANDOM_STRATEGIES = ("random", "foreground_random")
+"""Strategies that need no scores (the pool is not scored for them)."""
 
 
 @dataclass(frozen=True)
@@ -49,20 +66,31 @@ class SimulationConfig:
     """One simulated labeling project.
 
     Attributes:
-        strategy: ``random``, ``entropy``, ``mutual_information``, ``variance`` (most uncertain
-            by that metric), ``diverse`` (uncertainty x novelty, mutual information) or ``all``
-            (full-data reference with the same total training steps).
+        strategy: ``random``, ``foreground_random`` (nnActive's baseline, foreground from the
+            truth), ``entropy``, ``mutual_information``, ``variance`` (most uncertain by that
+            metric), ``diverse`` (uncertainty x novelty, mutual information) or ``all``
+            (full-data reference, trained the same way on the whole pool).
         initial: volumes labeled at random before the first round.
         per_round: volumes labeled per round.
         rounds: selection rounds after the initial training.
         test_fraction: fraction of all volumes held out for testing (never selected).
         seed: seed of the splits, initial weights, initial labels and training.
-        epochs_per_round: training epochs after each labeling round (warm start).
-        steps_per_epoch: optimizer steps per epoch, whatever the number of labeled volumes, so
-            every round (and the full-data reference) gets the same training budget.
+        epochs_per_round: training epochs at most after each labeling round (warm start); the
+            full-data reference gets ``rounds + 1`` times as many.
+        steps_per_epoch: optimizer steps per epoch (the validation interval), whatever the
+            number of labeled volumes.
+        patience: each round stops once validation Dice has not improved for this many
+            epochs, so it trains to convergence within its cap (``None``: the recipe's).
         mc_samples: MC-dropout passes per volume when scoring.
         audit_threshold: an auto-label is accepted when its Dice is at least this.
         audit_size: auto-labels audited (a random sample; all when larger than the rest).
+        cold_start: how the ``initial`` volumes are picked: ``random``, or ``diverse``
+            (farthest-first in the untrained network's bottleneck feature space, from one
+            random volume).
+        triage_accuracy: the share of accepted auto-labels that should pass the audit; the
+            quality threshold is calibrated for it.
+        label_minutes: expert minutes to label one volume by hand (the effort model).
+        audit_seconds: expert seconds to audit one auto-label (the effort model).
     """
 
     strategy: str
@@ -74,12 +102,17 @@ class SimulationConfig:
     epochs_per_round: int = 5
     steps_per_epoch: int = 20
     mc_samples: int = 4
-    learning_rate: float = 1e-3
-    samples_per_volume: int = 2
+    learning_rate: float | None = None
+    samples_per_volume: int | None = None
+    patience: int | None = None
     val_split: float = 0.2
     dilation: int = 3
     audit_threshold: float = 0.8
     audit_size: int = 50
+    cold_start: str = "random"
+    triage_accuracy: float = 0.95
+    label_minutes: float = 20.0
+    audit_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -89,6 +122,8 @@ class SimulationConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rounds < 0:
             raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
+        if self.cold_start not in ("random", "diverse"):
+            raise ConfigError(f"cold_start must be random or diverse, got {self.cold_start!r}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
@@ -121,9 +156,11 @@ def split_cases(ids: Sequence[str], *, test_fraction: float, seed: int) -> tuple
     return sorted(ordered[n_test:]), sorted(ordered[:n_test])
 
 
-def _strategy(name: str, scores: ScoreStore) -> tuple[Strategy, dict[str, Any]]:
+def _strategy(name: str, scores: ScoreStore, foreground: Mapping[str, float]) -> tuple[Strategy, dict[str, Any]]:
     if name == "random":
         return RandomSample(), {}
+    if name == "foreground_random":
+        return ForegroundRandom(foreground=foreground), {}
     if name == "diverse":
         return DiverseUncertain(scores=scores, metric=UncertaintyMetric.MUTUAL_INFORMATION), {}
     return MostUncertain(scores=scores, metric=UncertaintyMetric(name)), {}
@@ -141,6 +178,10 @@ class Simulation:
         config: the run's settings.
         work_dir: scratch folder (the simulated datastore and its score database).
         volumes: pre-processed volumes by case id, shared between runs (see :func:`preprocess`).
+        train_options: the training recipe (:meth:`activelabel.config.Settings.train_options`);
+            the config's per-round cap, steps, learning rate, patch count and patience replace
+            its fields, and its seed changes per round.  ``None``: Adam at a constant rate.
+        device: where the network trains and runs (``cpu``, ``cuda``).
     """
 
     def __init__(
@@ -154,7 +195,11 @@ class Simulation:
         config: SimulationConfig,
         work_dir: Path,
         volumes: Mapping[str, dict[str, Any]] | None = None,
+        train_options: TrainOptions | None = None,
+        device: str = "cpu",
     ) -> None:
+        self.device = device
+        self.train_options = train_options or TrainOptions(max_epochs=1, learning_rate=1e-3)
         missing = sorted(set(images) - set(truths))
         if missing:
             raise ConfigError(f"no ground truth for {len(missing)} image(s), e.g. {missing[0]}")
@@ -169,6 +214,7 @@ class Simulation:
         self.channel_labels = {name: index for index, name in labels.channel_names().items()}
         self.network = build_network(spec)
         self.network.load_state_dict(initial_state(spec, seed=config.seed))
+        self.network.to(device)
         self.studies = self.work_dir / "studies"
         self.datastore = self._make_datastore()
         self.scores = ScoreStore(self.work_dir / "scores.sqlite")
@@ -193,6 +239,17 @@ class Simulation:
     def unlabeled(self) -> list[str]:
         return sorted(self.datastore.get_unlabeled_images())
 
+    def _cold_start(self, rng: random.Random) -> list[str]:
+        """The ``initial`` volumes: random, or spread over the untrained network's feature space."""
+        if self.config.cold_start == "random":
+            return rng.sample(self.pool, self.config.initial)
+        embeddings = {c: embed_volume(self.network, self.volumes[c]["image"], self.inferer).numpy() for c in self.pool}
+        return farthest_first(embeddings, self.config.initial, first=rng.choice(self.pool))
+
+    def _truth_foreground(self) -> dict[str, float]:
+        """Labeled voxels of each pool volume's truth (what nnActive's baseline draws by)."""
+        return {case: float((np.asarray(self.volumes[case]["label"]) > 0).sum()) for case in self.pool}
+
     def _prediction_dice(self, case: str) -> float:
         volume = self.volumes[case]
         prediction = predict_probabilities(self.network, volume["image"], self.inferer).argmax(dim=0).numpy()
@@ -207,15 +264,22 @@ class Simulation:
             [self.volumes[c] for c in val_ids],
             preset=self.preset,
             labels=self.labels,
-            options=TrainOptions(
-                max_epochs=epochs,
-                learning_rate=self.config.learning_rate,
-                samples_per_volume=self.config.samples_per_volume,
-                seed=self.config.seed * 1000 + round_index,
-                steps_per_epoch=self.config.steps_per_epoch,
-            ),
+            options=self._round_options(epochs=epochs, round_index=round_index),
+            device=self.device,
         )
         return result.val_mean_dice, time.perf_counter() - began
+
+    def _round_options(self, *, epochs: int, round_index: int) -> TrainOptions:
+        config = self.config
+        overrides: dict[str, Any] = {
+            "max_epochs": epochs,
+            "seed": config.seed * 1000 + round_index,
+            "steps_per_epoch": config.steps_per_epoch,
+        }
+        for name in ("learning_rate", "samples_per_volume", "patience"):
+            if getattr(config, name) is not None:
+                overrides[name] = getattr(config, name)
+        return replace(self.train_options, **overrides)
 
     def _test_dice(self) -> dict[str, float]:
         return validate(self.network, [self.volumes[c] for c in self.test], preset=self.preset, labels=self.labels)
@@ -243,10 +307,11 @@ class Simulation:
         return time.perf_counter() - began, float(np.mean(values)) if values else 0.0
 
     def _pick(self, count: int) -> list[str]:
-        strategy, request = _strategy(self.config.strategy, self.scores)
+        foreground = self._truth_foreground() if self.config.strategy == "foreground_random" else {}
+        strategy, request = _strategy(self.config.strategy, self.scores, foreground)
         picked: list[str] = []
         for index in range(count):
-            if self.config.strategy == "random":
+            if self.config.strategy in RANDOM_STRATEGIES:
                 request = {"seed": f"{self.config.seed}-{len(self.labeled())}-{index}"}
             answer = strategy(request, self.datastore)
             if not answer:
@@ -263,7 +328,7 @@ class Simulation:
         rng = random.Random(f"initial-{config.seed}")
         if config.initial > len(self.pool):
             raise ConfigError(f"initial={config.initial} exceeds the pool of {len(self.pool)} volumes")
-        self._label(rng.sample(self.pool, config.initial))
+        self._label(self._cold_start(rng))
         rule = StopRule()
         signals: list[RoundSignals] = []
         records: list[RoundRecord] = []
@@ -288,7 +353,7 @@ class Simulation:
                 training_seconds=train_seconds,
             )
             if round_index < config.rounds and self.unlabeled():
-                if config.strategy != "random":
+                if config.strategy not in RANDOM_STRATEGIES:
                     record.scoring_seconds, record.pool_uncertainty = self._score(version=round_index + 1)
                 count = min(config.per_round, len(self.unlabeled()))
                 candidates = self._pick(count)
@@ -308,20 +373,66 @@ class Simulation:
             audit = {"round": config.rounds, "stop_fired": False, **self._audit()}
         return self._results(records, audit)
 
+    def _quality(self, case: str) -> tuple[float, float]:
+        """(predicted quality, true Dice) of the auto-label of ``case``.
+
+        The quality is the mean pairwise Dice of ``mc_samples`` MC-dropout samples (no truth
+        needed); the auto-label is the samples' mean prediction.
+        """
+        accumulator, _ = mc_dropout_samples(
+            self.network, self.volumes[case]["image"], self.inferer, samples=max(2, self.config.mc_samples)
+        )
+        prediction = accumulator.mean_probs().argmax(dim=0).numpy()
+        truth = np.asarray(self.volumes[case]["label"][0])
+        true_dice = mean_dice(dice_per_label(prediction, truth, self.channel_labels).values())
+        return accumulator.sample_agreement(), true_dice
+
     def _audit(self) -> dict[str, Any]:
-        """Auto-label the unlabeled pool with the current model and audit a sample against the truth."""
+        """Auto-label the unlabeled pool, triage it by predicted quality and audit it against the truth.
+
+        The quality threshold is calibrated on the validation split of the labeled volumes (never
+        trained on): the lowest quality above which at least ``triage_accuracy`` of those
+        volumes reach ``audit_threshold``.  Volumes below it go back to the labeling pool.
+        """
+        config = self.config
         rest = self.unlabeled()
-        sample = random.Random(f"audit-{self.config.seed}").sample(rest, min(self.config.audit_size, len(rest)))
+        sample = random.Random(f"audit-{config.seed}").sample(rest, min(config.audit_size, len(rest)))
         dice = [self._prediction_dice(case) for case in sample]
-        accepted = sum(d >= self.config.audit_threshold for d in dice)
+        accepted = sum(d >= config.audit_threshold for d in dice)
+        _, val_ids = split_train_val(self.labeled(), val_split=config.val_split, seed=config.seed)
+        calibration = [self._quality(case) for case in val_ids]
+        threshold = quality_threshold(
+            calibration, dice_threshold=config.audit_threshold, accuracy=config.triage_accuracy
+        )
+        scored = {case: self._quality(case) for case in rest}
+        triage = triage_outcome(
+            scored, threshold=threshold, dice_threshold=config.audit_threshold, labeled=len(self.labeled())
+        )
+        curve = automation_accuracy_curve(
+            list(scored.values()), dice_threshold=config.audit_threshold, labeled=len(self.labeled())
+        )
         return {
             "auto_labeled": len(rest),
             "automation": len(rest) / len(self.pool),
             "audited": len(sample),
             "accepted": int(accepted),
             "auto_label_accuracy": accepted / len(sample) if sample else None,
-            "audit_threshold": self.config.audit_threshold,
+            "audit_threshold": config.audit_threshold,
             "audit_mean_dice": float(np.mean(dice)) if dice else None,
+            "quality_rank_correlation": rank_correlation(list(scored.values())),
+            "quality_threshold": threshold,
+            "calibration_volumes": len(calibration),
+            "triage": triage,
+            "automation_at_95": curve_automation_at(curve, 0.95),
+            "automation_at_90": curve_automation_at(curve, 0.90),
+            "automation_accuracy_curve": curve,
+            "effort": expert_effort(
+                labeled=len(self.labeled()) + triage["sent_back"] + triage["failed_audit"],
+                audited=triage["auto_accepted"],
+                pool=len(self.pool),
+                label_minutes=config.label_minutes,
+                audit_seconds=config.audit_seconds,
+            ),
         }
 
     def _run_full_data(self) -> dict[str, Any]:
@@ -346,6 +457,7 @@ class Simulation:
         labeled_fraction = records[stop_round].labeled_fraction if stop_round is not None else final.labeled_fraction
         return {
             "config": asdict(self.config),
+            "train_options": {k: getattr(v, "value", v) for k, v in asdict(self.train_options).items()},
             "pool": len(self.pool),
             "test": self.test,
             "labels": self.labels.to_dict(),
@@ -355,6 +467,10 @@ class Simulation:
                 "final_test_mean_dice": final.test_mean_dice,
                 "stop_round": stop_round,
                 "fraction_labeled": labeled_fraction,
+                "effort_saved": audit["effort"]["effort_saved"] if audit else None,
+                "effort_fraction_labeled": audit["effort"]["labeled"] / len(self.pool) if audit else None,
+                "automation_after_triage": audit["triage"]["automation"] if audit else None,
+                "accuracy_after_triage": audit["triage"]["accuracy"] if audit else None,
             },
         }
 
@@ -368,6 +484,8 @@ def simulate(
     spec: NetworkSpec,
     config: SimulationConfig,
     volumes: Mapping[str, dict[str, Any]] | None = None,
+    train_options: TrainOptions | None = None,
+    device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run one :class:`Simulation` in a scratch folder that is removed afterwards."""
@@ -381,6 +499,8 @@ def simulate(
             config=config,
             work_dir=Path(work),
             volumes=volumes,
+            train_options=train_options,
+            device=device,
         )
         return simulation.run(progress=progress)
 

@@ -18,7 +18,7 @@ from activelabel.config import Settings
 from activelabel.fsutil import atomic_write_json, read_json
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import load_model
-from activelabel.ml.training import TrainOptions, load_volumes, split_train_val, train_network
+from activelabel.ml.training import load_volumes, split_train_val, train_network
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +26,9 @@ logger = logging.getLogger(__name__)
 class SegmentationTrainer(TrainTask):
     """Warm-started training with a deterministic validation split.
 
-    Request keys (all optional): ``max_epochs``, ``learning_rate``, ``val_split``,
-    ``samples_per_volume``.
+    Request keys (all optional): ``max_epochs``, ``steps_per_epoch``, ``patience``,
+    ``learning_rate``, ``val_split``, ``samples_per_volume``; the rest of the recipe comes from
+    the settings (:meth:`activelabel.config.Settings.train_options`).
 
     Args:
         settings: the app's resolved settings.
@@ -41,6 +42,8 @@ class SegmentationTrainer(TrainTask):
         self.stats_path = store.directory / "train_stats.json"
         self._config = {
             "max_epochs": settings.max_epochs,
+            "steps_per_epoch": settings.steps_per_epoch,
+            "patience": settings.patience,
             "learning_rate": settings.learning_rate,
             "val_split": settings.val_split,
             "samples_per_volume": settings.samples_per_volume,
@@ -69,12 +72,13 @@ class SegmentationTrainer(TrainTask):
             val_volumes,
             preset=preset,
             labels=labels,
-            options=TrainOptions(
+            options=self.settings.train_options(
+                seed=self.settings.seed + start.version,
                 max_epochs=int(config["max_epochs"]),
+                steps_per_epoch=int(config["steps_per_epoch"]) or None,
+                patience=int(config["patience"]) or None,
                 learning_rate=float(config["learning_rate"]),
                 samples_per_volume=int(config["samples_per_volume"]),
-                seed=self.settings.seed + start.version,
-                overlap=self.settings.sw_overlap,
             ),
             device=self.settings.device,
         )
