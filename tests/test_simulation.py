@@ -33,7 +33,6 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _simulate(dataset: dict[str, Any], tmp_path: Path, strategy: str) -> dict[str, Any]:
-    settings = dataset["settings"]
     config = SimulationConfig(
         strategy=strategy,
         initial=2,
@@ -44,7 +43,12 @@ def _simulate(dataset: dict[str, Any], tmp_path: Path, strategy: str) -> dict[st
         mc_samples=2,
         test_fraction=0.25,
     )
-    simulation = Simulation(
+    return _simulation(dataset, tmp_path, config).run(progress=False)
+
+
+def _simulation(dataset: dict[str, Any], tmp_path: Path, config: SimulationConfig) -> Simulation:
+    settings = dataset["settings"]
+    return Simulation(
         dataset["images"],
         dataset["truths"],
         labels=settings.labels,
@@ -55,7 +59,6 @@ def _simulate(dataset: dict[str, Any], tmp_path: Path, strategy: str) -> dict[st
         volumes=dataset["volumes"],
         train_options=settings.train_options(seed=0),
     )
-    return simulation.run(progress=False)
 
 
 @pytest.mark.parametrize("strategy", ["random", "foreground_random", "mutual_information", "diverse"])
@@ -174,18 +177,8 @@ def test_fixed_steps_per_epoch_cycle_through_every_volume() -> None:
 def test_diverse_cold_start_picks_distinct_pool_volumes_spread_in_feature_space(
     dataset: dict[str, Any], tmp_path: Path
 ) -> None:
-    settings = dataset["settings"]
     config = SimulationConfig(strategy="random", initial=3, test_fraction=0.25, cold_start="diverse")
-    simulation = Simulation(
-        dataset["images"],
-        dataset["truths"],
-        labels=settings.labels,
-        preset=settings.preset,
-        spec=settings.network,
-        config=config,
-        work_dir=tmp_path,
-        volumes=dataset["volumes"],
-    )
+    simulation = _simulation(dataset, tmp_path, config)
     picked = simulation._cold_start(random.Random(0))
     assert len(picked) == len(set(picked)) == 3
     assert set(picked) <= set(simulation.pool)
