@@ -51,6 +51,18 @@ def test_model_for_other_labels_is_refused_with_advice(tmp_path: Path) -> None:
         ModelStore(tmp_path).ensure_initial(SPEC, {"a": 1, "c": 2})
 
 
+def test_an_untrained_model_for_another_network_is_replaced_but_a_trained_one_is_refused(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.ensure_initial(SPEC, LABELS)
+    other = NetworkSpec(out_channels=3, channels=(4, 8), strides=(2,), dropout_scope="bottleneck")
+    replaced = store.ensure_initial(other, LABELS)
+    assert (replaced.version, NetworkSpec.from_dict(replaced.spec)) == (0, other)
+    store.publish(build_network(other).state_dict(), spec=other.to_dict(), labels=LABELS)
+    with pytest.raises(ValueError, match="--conf architecture unet"):
+        store.ensure_initial(SPEC, LABELS)
+    assert NetworkSpec.from_dict(store.info().spec) == other  # the trained model is untouched
+
+
 def _u(value: float) -> VolumeUncertainty:
     return VolumeUncertainty(
         entropy=value, mutual_information=value, variance=value, foreground_fraction=0.5, samples=2

@@ -78,17 +78,22 @@ class ModelStore:
         return checkpoint["model"], ModelInfo.from_dict(checkpoint["activelabel"])
 
     def ensure_initial(self, spec: NetworkSpec, labels: dict[str, int], *, seed: int = 0) -> ModelInfo:
-        """Publish version 0 (untrained, seeded weights) unless a model exists.
+        """Publish version 0 (untrained, seeded weights) unless a trained model exists.
+
+        An untrained version 0 for another network (the settings changed before any training)
+        is replaced: it holds nothing learned.
 
         Raises:
-            ValueError: when the existing model was built for other labels or another network.
+            ValueError: when the existing trained model was built for other labels or another network.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         with FileLock(self._lock_path):
             existing = self.info()
             if existing is not None and self.checkpoint_path.is_file():
-                self._check_compatible(existing, spec, labels)
-                return existing
+                untrained = existing.version == 0 and dict(existing.labels) == dict(labels)
+                if not (untrained and NetworkSpec.from_dict(existing.spec) != spec):
+                    self._check_compatible(existing, spec, labels)
+                    return existing
             info = ModelInfo(version=0, spec=spec.to_dict(), labels=dict(labels), published_at=time.time())
             self._write(initial_state(spec, seed=seed), info)
             return info
@@ -117,5 +122,6 @@ class ModelStore:
         if NetworkSpec.from_dict(info.spec) != spec:
             raise ValueError(
                 f"the model in {self.directory} has architecture {info.spec}, but the app is configured with "
-                f"{spec.to_dict()}; point model_dir elsewhere or restore the original network settings"
+                f"{spec.to_dict()}; point model_dir elsewhere or restore the original network settings (a model "
+                "trained before DynUNet became the default needs --conf architecture unet --conf dropout_scope all)"
             )
