@@ -64,11 +64,14 @@ def farthest_first(embeddings: Mapping[str, np.ndarray], count: int, *, first: s
     ids = sorted(embeddings)
     vectors = np.stack([embeddings[i] for i in ids]).astype(np.float64)
     picked = [first]
+    # Distance of every id to its nearest pick, updated with each new pick (one pass per pick).
+    nearest = cosine_distances(vectors, vectors[[ids.index(first)]])
+    nearest[ids.index(first)] = -1.0
     while len(picked) < min(count, len(ids)):
-        reference = np.stack([embeddings[i] for i in picked]).astype(np.float64)
-        distance = cosine_distances(vectors, reference)
-        distance[[ids.index(i) for i in picked]] = -1.0
-        picked.append(ids[int(np.argmax(distance))])
+        index = int(np.argmax(nearest))
+        picked.append(ids[index])
+        nearest = np.minimum(nearest, cosine_distances(vectors, vectors[[index]]))
+        nearest[index] = -1.0
     return picked
 
 

@@ -70,8 +70,9 @@ def test_status_reports_labeled_total_model_and_scores(server: ServerProcess) ->
     assert status["scores"] == {"fresh": 0, "stale": 0, "unscored": 4}
 
 
-def test_next_sample_returns_an_unlabeled_image(client: MONAILabelClient) -> None:
-    sample = client.next_sample("random", {})
+@pytest.mark.parametrize("strategy", ["random", "foreground_random"])
+def test_next_sample_returns_an_unlabeled_image(client: MONAILabelClient, strategy: str) -> None:
+    sample = client.next_sample(strategy, {})
     assert sample["id"] in {"ct_002", "ct_003", "ct_004", "ct_005"}
     assert Path(sample["path"]).name == f"{sample['id']}.nii.gz"
 

@@ -199,6 +199,7 @@ class Simulation:
         device: str = "cpu",
     ) -> None:
         self.device = device
+        self._val_ids: list[str] = []
         self.train_options = train_options or TrainOptions(max_epochs=1, learning_rate=1e-3)
         missing = sorted(set(images) - set(truths))
         if missing:
@@ -257,6 +258,7 @@ class Simulation:
 
     def _train(self, cases: Sequence[str], *, epochs: int, round_index: int) -> tuple[float | None, float]:
         train_ids, val_ids = split_train_val(cases, val_split=self.config.val_split, seed=self.config.seed)
+        self._val_ids = list(val_ids)  # triage calibrates on these: never trained on
         began = time.perf_counter()
         result = train_network(
             self.network,
@@ -390,21 +392,22 @@ class Simulation:
     def _audit(self) -> dict[str, Any]:
         """Auto-label the unlabeled pool, triage it by predicted quality and audit it against the truth.
 
-        The quality threshold is calibrated on the validation split of the labeled volumes (never
-        trained on): the lowest quality above which at least ``triage_accuracy`` of those
-        volumes reach ``audit_threshold``.  Volumes below it go back to the labeling pool.
+        The quality threshold is calibrated on the last training's validation volumes (never
+        trained on; volumes picked after that training are not among them): the lowest quality
+        above which at least ``triage_accuracy`` of them reach ``audit_threshold``.  Volumes
+        below it go back to the labeling pool.  The random audit sample (the baseline without
+        triage) reads the same auto-labels, so every volume is predicted once.
         """
         config = self.config
         rest = self.unlabeled()
-        sample = random.Random(f"audit-{config.seed}").sample(rest, min(config.audit_size, len(rest)))
-        dice = [self._prediction_dice(case) for case in sample]
-        accepted = sum(d >= config.audit_threshold for d in dice)
-        _, val_ids = split_train_val(self.labeled(), val_split=config.val_split, seed=config.seed)
-        calibration = [self._quality(case) for case in val_ids]
+        calibration = [self._quality(case) for case in self._val_ids]
         threshold = quality_threshold(
             calibration, dice_threshold=config.audit_threshold, accuracy=config.triage_accuracy
         )
         scored = {case: self._quality(case) for case in rest}
+        sample = random.Random(f"audit-{config.seed}").sample(rest, min(config.audit_size, len(rest)))
+        dice = [scored[case][1] for case in sample]
+        accepted = sum(d >= config.audit_threshold for d in dice)
         triage = triage_outcome(
             scored, threshold=threshold, dice_threshold=config.audit_threshold, labeled=len(self.labeled())
         )
