@@ -1,15 +1,22 @@
-"""Label efficiency of every strategy on the MSD hippocampus MRI (200 real volumes).
+"""Label efficiency of the strategies on the MSD hippocampus MRI (200 real volumes).
 
 Runs the oracle loop for each strategy and seed plus the full-data reference, then reports
 per strategy: labels needed to reach 95% of full-data test Dice (mean over seeds), how that
-compares with random, where the stop rule fired, and the auto-label audit.  Writes
-``bench/results/al-hippocampus.json`` and the learning-curve plot ``al-hippocampus.png``.
-Run with ``make bench-al`` (defaults) or with fewer seeds/strategies for a quicker look.
+compares with both random baselines (paired per seed, with a 95% confidence interval), where
+the stop rule fired, the auto-label audit with and without triage, and the expert effort
+saved.  Writes ``bench/results/al-hippocampus.json``, the learning-curve plot
+``al-hippocampus.png`` and the automation-accuracy plot ``al-hippocampus-automation.png``.
 
-Each (strategy, seed) run is kept under ``bench/.cache/al-runs/`` keyed by its settings, so an
-interrupted benchmark resumes, and seeds can run in separate processes (``--seeds 1``,
-``--seeds 2``) and be summarized together afterwards.  Stop rounds are replayed from the
-recorded signals with the current stop rule.
+Protocol: one test split (40 volumes, split seed 0) for every run; 5 random volumes first,
+then 5 rounds of 5 picks; every round warm-starts from the last model and trains with the
+server's recipe to convergence within its cap (``--epochs-per-round`` x ``--steps-per-epoch``
+steps, stopping after ``--patience`` epochs without a better validation Dice).  The full-data
+reference trains the server's trainer unchanged (its own cap and patience) on all 160 pool
+volumes.  Runs go ``--jobs`` at a time, one process and ``--threads`` torch threads each.
+
+Each run is kept under ``bench/.cache/al-runs/`` keyed by its settings, so an interrupted
+benchmark resumes where it stopped.  Stop rounds are replayed from the recorded signals with
+the current stop rule.
 """
 
 from __future__ import annotations
@@ -17,13 +24,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import time
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from activelabel.commands.simulate import pair_cases
 from activelabel.config import Settings, load_settings
@@ -37,6 +47,9 @@ RESULTS = REPO / "bench" / "results"
 RUNS = REPO / "bench" / ".cache" / "al-runs"
 LABELS = '{"anterior": 1, "posterior": 2}'
 STRATEGIES = ["random", "foreground_random", "entropy", "mutual_information", "variance", "diverse"]
+DEFAULT_STRATEGIES = ["random", "foreground_random", "mutual_information", "diverse"]
+"""Run by default: both random baselines, most-uncertain by the server's aggregation (mutual information;
+entropy and variance tied with it in the first benchmark) and the batch strategy (``--strategies`` for all)."""
 TARGET = 0.95
 
 
@@ -212,7 +225,8 @@ def hippocampus_volumes(
     """
     images, truths = pair_cases(DATA / "imagesTr", DATA / "labelsTr")
     conf = {"labels": LABELS, "modality": "mr", **(conf or {})}
-    settings = load_settings(conf, studies=str(DATA), app_dir=str(DATA))
+    # The images folder, so that spacing and roi_size are planned from its fingerprint.
+    settings = load_settings(conf, studies=str(DATA / "imagesTr"), app_dir=str(DATA))
     preset_key = hashlib.sha256(repr(settings.preset).encode()).hexdigest()[:8]
     cache = REPO / "bench" / ".cache" / f"hippocampus-volumes-{preset_key}.pt"
     volumes = load_cached(images, truths, preset=settings.preset, labels=settings.labels, cache=cache)
@@ -255,28 +269,45 @@ def run_cached(
     return result
 
 
+def _run_in_worker(config: SimulationConfig, conf: dict[str, str], threads: int) -> dict[str, Any]:
+    """One run in a worker process: its own torch threads, the volumes read from the shared cache."""
+    import torch
+
+    torch.set_num_threads(threads)
+    images, truths, settings, volumes = hippocampus_volumes(conf)
+    return run_cached(images, truths, settings=settings, config=config, volumes=volumes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)
+    parser.add_argument("--strategies", nargs="+", default=DEFAULT_STRATEGIES, choices=STRATEGIES)
     parser.add_argument("--initial", type=int, default=5)
     parser.add_argument("--per-round", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--epochs-per-round", type=int, default=4)
-    parser.add_argument("--steps-per-epoch", type=int, default=25)
+    parser.add_argument("--epochs-per-round", type=int, default=8, help="the round's step cap, in epochs")
+    parser.add_argument("--steps-per-epoch", type=int, default=25, help="optimizer steps between validations")
     parser.add_argument("--mc-samples", type=int, default=2)
-    parser.add_argument("--patience", type=int, default=2, help="epochs without a better validation Dice per round")
+    parser.add_argument("--patience", type=int, default=3, help="epochs without a better validation Dice per round")
     parser.add_argument("--cold-start", default="random", choices=["random", "diverse"], help="initial picks")
+    parser.add_argument(
+        "--full-data-seeds", type=int, nargs="+", default=[0], help="training seeds of the full-data reference"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the settings' device)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once, one process each (default: 2)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (default: 1)")
+    parser.add_argument(
+        "--conf",
+        nargs=2,
+        action="append",
+        metavar=("KEY", "VALUE"),
+        help="app setting on top of the defaults (the training recipe of every run and of the reference)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "al-hippocampus.json")
     args = parser.parse_args()
-    if args.threads:
-        import torch
 
-        torch.set_num_threads(args.threads)
-
-    images, truths, settings, volumes = hippocampus_volumes({"device": args.device} if args.device else None)
+    conf = {**dict(args.conf or []), **({"device": args.device} if args.device else {})}
+    _, _, settings, _ = hippocampus_volumes(conf)  # fills the cache of pre-processed volumes
     base = {
         "initial": args.initial,
         "per_round": args.per_round,
@@ -287,25 +318,46 @@ def main() -> None:
         "patience": args.patience,
         "cold_start": args.cold_start,
     }
+    # The longest runs first, so that the two workers finish together.
+    configs = [SimulationConfig(strategy=FULL_DATA, seed=seed, **base) for seed in args.full_data_seeds]
+    configs += [SimulationConfig(strategy=s, seed=seed, **base) for seed in args.seeds for s in args.strategies]
+    began = time.perf_counter()
+    results: dict[int, dict[str, Any]] = {}
+    bar = tqdm(total=len(configs), desc="al-hippocampus runs", unit="run")
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_in_worker, c, conf, args.threads): i for i, c in enumerate(configs)}
+        for future in as_completed(futures):
+            index = futures[future]
+            results[index] = result = future.result()
+            bar.update(1)
+            bar.write(
+                f"{configs[index].strategy} seed {configs[index].seed}: final Dice "
+                f"{result['summary']['final_test_mean_dice']:.3f} in {result['seconds'] / 60:.1f} min"
+            )
+    bar.close()
     runs: dict[str, list[dict[str, Any]]] = {}
     full: list[dict[str, Any]] = []
-    began = time.perf_counter()
-    for seed in args.seeds:
-        for strategy in [FULL_DATA, *args.strategies]:
-            config = SimulationConfig(strategy=strategy, seed=seed, **base)
-            result = run_cached(images, truths, settings=settings, config=config, volumes=volumes)
-            (full if strategy == FULL_DATA else runs.setdefault(strategy, [])).append(result)
-            print(
-                f"{strategy} seed {seed}: final Dice {result['summary']['final_test_mean_dice']:.3f} "
-                f"in {result['seconds'] / 60:.1f} min",
-                flush=True,
-            )
+    for index, config in enumerate(configs):
+        (full if config.strategy == FULL_DATA else runs.setdefault(config.strategy, [])).append(results[index])
     full_dice = float(np.mean([r["summary"]["final_test_mean_dice"] for r in full]))
     summary = summarize(runs, full_dice, args.per_round)
     default = default_strategy(summary)
     report = {
         "data": "MSD Task04 Hippocampus, 200 MRI volumes (imagesTr/labelsTr)",
-        "settings": {**base, "seeds": args.seeds, "test_fraction": 0.2, "network": settings.network.to_dict()},
+        "settings": {
+            **base,
+            "seeds": args.seeds,
+            "full_data_seeds": args.full_data_seeds,
+            "test_fraction": 0.2,
+            "split_seed": 0,
+            "network": settings.network.to_dict(),
+            "preset": repr(settings.preset),
+            "train_options": {k: getattr(v, "value", v) for k, v in asdict(settings.train_options(seed=0)).items()},
+            "conf": conf,
+            "jobs": args.jobs,
+            "threads_per_job": args.threads,
+            "device": settings.device,
+        },
         "full_data_test_mean_dice": full_dice,
         "target_dice": TARGET * full_dice,
         "summary": summary,
@@ -313,6 +365,7 @@ def main() -> None:
         "labels_saved_vs_foreground_random": summary.get(default, {}).get("labels_saved_vs_foreground_random"),
         "effort_saved": summary.get(default, {}).get("effort_saved"),
         "minutes": (time.perf_counter() - began) / 60,
+        "run_minutes": sum(r["seconds"] for r in results.values()) / 60,
         "runs": runs,
         "full_data_runs": full,
     }
@@ -320,15 +373,18 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     plot(runs, full_dice, args.out.with_suffix(".png"))
     plot_automation(runs, args.out.with_name(args.out.stem + "-automation.png"))
-    print(f"full-data test mean Dice {full_dice:.3f}; target (95%) {TARGET * full_dice:.3f}")
-    print(f"{'strategy':<20}{'labels->95%':>12}{'fraction':>10}{'vs random':>11}{'automation':>12}{'accuracy':>10}")
-    for strategy, s in summary.items():
+    print(f"full-data test mean Dice {full_dice:.3f}; target (95%) {TARGET * full_dice:.3f}; default {default}")
+    header = f"{'strategy':<20}{'labels->95%':>12}{'fraction':>10}{'vs random':>11}{'vs fg-random':>13}"
+    print(header + f"{'automation':>12}{'accuracy':>10}{'triaged auto':>14}{'triaged acc':>13}{'effort saved':>14}")
+    for strategy, v in summary.items():
         print(
-            f"{strategy:<20}{_fmt(s['labels_to_target'], '.1f'):>12}{_fmt(s['fraction_to_target'], '.1%'):>10}"
-            f"{_fmt(s['labels_saved_vs_random'], '+.0%'):>11}{_fmt(s['automation'], '.1%'):>12}"
-            f"{_fmt(s['auto_label_accuracy'], '.1%'):>10}"
+            f"{strategy:<20}{_fmt(v['labels_to_target'], '.1f'):>12}{_fmt(v['fraction_to_target'], '.1%'):>10}"
+            f"{_fmt(v['labels_saved_vs_random'], '+.0%'):>11}{_fmt(v['labels_saved_vs_foreground_random'], '+.0%'):>13}"
+            f"{_fmt(v['automation'], '.1%'):>12}{_fmt(v['auto_label_accuracy'], '.1%'):>10}"
+            f"{_fmt(v['automation_after_triage'], '.1%'):>14}{_fmt(v['accuracy_after_triage'], '.1%'):>13}"
+            f"{_fmt(v['effort_saved'], '.1%'):>14}"
         )
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    print(f"{(time.perf_counter() - began) / 60:.1f} min; wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
 def _fmt(value: float | None, spec: str) -> str:

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def on_epoch(record: dict[str, Any]) -> None:
         # Test Dice of the current weights: the learning curve only, never a choice.
-        test_dice = validate(network, test_volumes, preset=settings.preset, labels=settings.labels)
+        test_dice = validate(network, test_volumes, preset=settings.preset, labels=settings.labels, bf16=settings.bf16)
         point = {
             "steps": record["steps"],
             "wall_seconds": time.perf_counter() - began,
@@ -94,9 +94,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     bar.close()
     evaluation_began = time.perf_counter()
-    plain = validate(network, test_volumes, preset=settings.preset, labels=settings.labels)
+    plain = validate(network, test_volumes, preset=settings.preset, labels=settings.labels, bf16=settings.bf16)
     axes = options.mirror_axes or (0, 1, 2)
-    mirrored = validate(network, test_volumes, preset=settings.preset, labels=settings.labels, mirror_axes=axes)
+    mirrored = validate(
+        network, test_volumes, preset=settings.preset, labels=settings.labels, mirror_axes=axes, bf16=settings.bf16
+    )
     record = {
         "config": config,
         "train_count": len(train_ids),

@@ -87,3 +87,21 @@ def test_rescoring_replaces_the_previous_score(tmp_path: Path) -> None:
     assert score.model_version == 2
     assert score.uncertainty.entropy == pytest.approx(0.9)
     assert [s.image_id for s in store.ranked(["x"], "entropy")] == ["x"]
+
+
+def test_a_score_database_from_before_the_agreement_column_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "scores.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE scores (image_id TEXT PRIMARY KEY, model_version INTEGER NOT NULL, entropy REAL NOT NULL, "
+            "mutual_information REAL NOT NULL, variance REAL NOT NULL, foreground_fraction REAL NOT NULL, "
+            "samples INTEGER NOT NULL, seconds REAL NOT NULL, scored_at REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO scores VALUES ('old', 1, 0.5, 0.1, 0.01, 0.2, 4, 1.0, 0.0)")
+    store = ScoreStore(path)
+    assert store.get("old").uncertainty.agreement is None  # unknown, not a perfect 1.0
+    store.put("new", 1, VolumeUncertainty(0.4, 0.1, 0.01, 0.2, 4, agreement=0.87), seconds=1.0)
+    assert store.get("new").uncertainty.agreement == pytest.approx(0.87)
+    assert ScoreStore(path).get("old").model_version == 1  # opening again changes nothing

@@ -149,3 +149,14 @@ def test_a_scoring_mode_after_the_only_dropout_is_refused() -> None:
     conf = {"labels": '{"a": 1}', "dropout_scope": "bottleneck", "mc_mode": "decoder"}
     with pytest.raises(ConfigError, match="samples no dropout layer"):
         load_settings(conf, studies="/x", app_dir="/x")
+
+
+def test_bf16_windows_blend_in_float32_and_match_the_float32_prediction() -> None:
+    network = build_network(SPEC).eval()
+    image = torch.cat([_volume(4)["image"], _volume(5)["image"]], dim=1)  # 32 voxels deep: two windows
+    exact = predict_probabilities(network, image, sliding_window(PRESET.roi_size))
+    fast = predict_probabilities(network, image, sliding_window(PRESET.roi_size, bf16=True))
+    assert fast.dtype == torch.float32
+    assert fast.shape == exact.shape
+    assert float((fast - exact).abs().max()) < 0.05  # bfloat16 keeps about 3 significant digits
+    assert float((fast.argmax(0) == exact.argmax(0)).float().mean()) > 0.99

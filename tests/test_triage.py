@@ -5,14 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from activelabel.ml.uncertainty import SampleAccumulator
-from activelabel.simulation.triage import (
+from activelabel.ml.uncertainty import SampleAccumulator, volume_uncertainty
+from activelabel.scoring.triage import (
     NOTHING_ACCEPTED,
+    Triage,
+    auto_label_triage,
     automation_accuracy_curve,
+    calibrate,
     curve_automation_at,
     expert_effort,
     quality_threshold,
     rank_correlation,
+    triage_decision,
     triage_outcome,
 )
 
@@ -69,3 +73,61 @@ def test_sample_agreement_is_one_for_identical_samples_and_drops_when_they_disag
     accumulator.add(torch.softmax(other, dim=0))
     # Pairs: (a, a) Dice 1; (a, other) twice: class 1 overlaps half (Dice 0.5), class 2 empty (1.0).
     assert accumulator.sample_agreement() == pytest.approx((1.0 + 0.75 + 0.75) / 3)
+
+
+def test_calibration_reports_the_threshold_and_the_accuracy_it_gives() -> None:
+    calibration = calibrate(PAIRS, dice_threshold=0.8, accuracy=0.95)
+    assert (calibration.threshold, calibration.expected_accuracy, calibration.volumes) == (0.85, 1.0, 5)
+    assert calibrate(PAIRS, dice_threshold=0.8, accuracy=0.0).threshold == 0.0  # triage off: accept all
+    assert calibrate([], dice_threshold=0.8, accuracy=0.95).expected_accuracy is None
+
+
+def test_triage_decision_sends_back_below_the_threshold_and_accepts_without_calibration() -> None:
+    calibration = calibrate(PAIRS, dice_threshold=0.8, accuracy=0.95).to_dict()
+    assert triage_decision(0.9, calibration).triage is Triage.ACCEPTED
+    assert triage_decision(0.85, calibration).accepted
+    assert triage_decision(0.84, calibration).triage is Triage.SENT_BACK
+    assert triage_decision(None, calibration).triage is Triage.SENT_BACK  # unknown quality is not trusted
+    uncalibrated = triage_decision(0.1, None)
+    assert (uncalibrated.triage, uncalibrated.accepted, uncalibrated.quality_threshold) == (
+        Triage.UNCALIBRATED,
+        True,
+        None,
+    )
+
+
+class _Labels:
+    """The one datastore call :func:`auto_label_triage` makes."""
+
+    def __init__(self, info: dict) -> None:
+        self.info = info
+
+    def get_label_info(self, image_id: str, tag: str) -> dict:
+        return self.info.get(image_id, {})
+
+
+def test_auto_label_triage_reads_what_the_infer_task_recorded() -> None:
+    datastore = _Labels(
+        {
+            "a": {"params": {"quality": 0.91, "triage": "accepted"}},
+            "b": {"params": {"quality": 0.42, "triage": "sent_back"}},
+            "c": {"params": {"model_version": 1}},
+            "d": {"params": {"quality": "x", "triage": "bogus"}},
+        }
+    )
+    a, b, c, d = (auto_label_triage(datastore, image_id, tag="auto") for image_id in "abcd")
+    assert (a.quality, a.triage, a.accepted) == (0.91, Triage.ACCEPTED, True)
+    assert (b.quality, b.triage, b.accepted) == (0.42, Triage.SENT_BACK, False)
+    assert (c.quality, c.triage, c.accepted) == (None, None, True)  # made before triage was recorded
+    assert (d.quality, d.triage) == (None, None)
+
+
+def test_scores_carry_the_sample_agreement_of_the_stacked_and_the_running_samples() -> None:
+    first, second = torch.zeros(3, 4, 4, 4), torch.zeros(3, 4, 4, 4)
+    first[1, :2], second[1, 1:3] = 5.0, 5.0
+    probs = torch.stack([torch.softmax(first, dim=0), torch.softmax(second, dim=0)])
+    accumulator = SampleAccumulator()
+    for sample in probs:
+        accumulator.add(sample)
+    assert volume_uncertainty(probs).agreement == pytest.approx(0.75)
+    assert accumulator.result().agreement == pytest.approx(0.75)

@@ -151,7 +151,10 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             if self.settings.readers > 1:  # a reader never reads a volume twice
                 excluded |= self.label_versions.images_read_by(client)
             view = LeasedDatastoreView(self._datastore, excluded=excluded)
-            result = strategy(request, view)
+            try:
+                result = strategy(request, view)
+            except InputRejected as error:  # a request key the strategy refuses
+                raise HTTPException(status_code=error.status, detail=str(error)) from None
             if not result or not result.get("id"):
                 return {}
             lease = self.leases.grant(result["id"], client)

@@ -8,6 +8,7 @@ listed in :data:`KEYS` with its meaning; the README's configuration table is tha
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,16 +16,30 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from monai.inferers import SlidingWindowInferer
 
 from activelabel.access.mode import AuthSetting
 from activelabel.errors import ConfigError
 from activelabel.labelmap import LABELS_FILE, LabelMap
 from activelabel.ml.decoder_dropout import McMode
+from activelabel.ml.inference import sliding_window
 from activelabel.ml.networks import Architecture, DropoutScope, NetworkSpec
+from activelabel.ml.planning import (
+    Fingerprint,
+    PlanningError,
+    image_files,
+    plan_roi_size,
+    plan_spacing,
+    read_fingerprint,
+)
 from activelabel.ml.training import Optimizer, Schedule, TrainOptions, bf16_supported
 from activelabel.ml.transforms import Modality, Normalization, Preset, preset_for
 from activelabel.ml.uncertainty import UncertaintyMetric
+from activelabel.scoring.scorer import ScoringOptions
+
+logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "ACTIVELABEL_"
 
@@ -39,7 +54,13 @@ def _floats(text: str, count: int) -> tuple[float, ...]:
     return tuple(float(p) for p in parts)
 
 
-def _spacing(text: str) -> tuple[float, float, float] | None:
+AUTO = "auto"
+"""Value of ``spacing`` and ``roi_size`` planned from the dataset's fingerprint (see :mod:`activelabel.ml.planning`)."""
+
+
+def _spacing(text: str) -> tuple[float, float, float] | str | None:
+    if text.strip().lower() == AUTO:
+        return AUTO
     if text.strip().lower() in ("none", "native", ""):
         return None
     values = _floats(text, 3)
@@ -48,7 +69,9 @@ def _spacing(text: str) -> tuple[float, float, float] | None:
     return values  # type: ignore[return-value]
 
 
-def _roi(text: str) -> tuple[int, int, int]:
+def _roi(text: str) -> tuple[int, int, int] | str:
+    if text.strip().lower() == AUTO:
+        return AUTO
     values = tuple(int(v) for v in _floats(text, 3))
     if min(values) < 8:
         raise ValueError("each roi dimension must be >= 8")
@@ -125,8 +148,18 @@ class Key:
 KEYS: dict[str, Key] = {
     "modality": Key("ct", lambda t: Modality(t.lower()), "ct or mr: intensity normalization and default spacing"),
     "labels": Key(None, str, f"JSON object or file of label name -> value (default: <studies>/{LABELS_FILE})"),
-    "spacing": Key(None, _spacing, "target voxel spacing in mm, e.g. 3,3,3, or none (default: modality preset)"),
-    "roi_size": Key(None, _roi, "patch size for training and sliding-window inference (default: modality preset)"),
+    "spacing": Key(
+        AUTO,
+        _spacing,
+        "target voxel spacing in mm, e.g. 3,3,3; none keeps each image's own; auto: the images' median spacing, "
+        "never finer than the modality's (CT 3 mm, MR 1 mm)",
+    ),
+    "roi_size": Key(
+        AUTO,
+        _roi,
+        "patch size for training and sliding-window inference, e.g. 48,48,48; auto: the images' median extent "
+        "within the modality's voxel budget (CT 96^3, MR 48^3)",
+    ),
     "channels": Key("16,32,64,128", _ints, "UNet feature maps per level"),
     "dropout": Key("0.2", _fraction, "dropout probability of the UNet blocks that drop out (MC dropout needs > 0)"),
     "architecture": Key(
@@ -153,7 +186,14 @@ KEYS: dict[str, Key] = {
         "score ranked by most_uncertain: entropy, mutual_information or variance",
     ),
     "foreground_dilation": Key("3", int, "voxels by which the predicted foreground grows before aggregating"),
-    "sw_overlap": Key("0.25", _fraction, "overlap of sliding-window inference"),
+    "audit_dice": Key("0.8", _fraction, "Dice at which an auto-label passes its audit (triage calibrates for it)"),
+    "triage_accuracy": Key(
+        "0.95",
+        _fraction,
+        "share of accepted auto-labels that should pass their audit; auto-labels whose predicted quality is below "
+        "the threshold calibrated for it go back to the labeling pool",
+    ),
+    "sw_overlap": Key("0.5", _fraction, "overlap of sliding-window inference and validation (nnU-Net's 0.5)"),
     "max_epochs": Key(
         "20", _positive_int, "epochs at most per training run; the step cap is max_epochs x steps_per_epoch"
     ),
@@ -268,6 +308,8 @@ class Settings:
     test_time_mirroring: bool = False
     foreground_share: float = 0.33
     bf16: bool = False
+    audit_dice: float = 0.8
+    triage_accuracy: float = 0.95
 
     def train_options(self, *, seed: int, **overrides: Any) -> TrainOptions:
         """The training recipe of these settings (``overrides`` replace any of its fields).
@@ -291,6 +333,21 @@ class Settings:
             bf16=self.bf16,
         )
         return replace(options, **overrides)
+
+    def scoring_options(self, **overrides: Any) -> ScoringOptions:
+        """How these settings score a volume (``overrides`` replace any field: samples, force, ...)."""
+        options = ScoringOptions(
+            samples=self.mc_samples,
+            dilation=self.foreground_dilation,
+            overlap=self.sw_overlap,
+            mode=self.mc_mode,
+            bf16=self.bf16,
+        )
+        return replace(options, **overrides)
+
+    def inferer(self) -> SlidingWindowInferer:
+        """The sliding-window inferer of these settings (patch size, overlap, bf16)."""
+        return sliding_window(self.preset.roi_size, overlap=self.sw_overlap, bf16=self.bf16)
 
     @property
     def scores_path(self) -> Path:
@@ -362,6 +419,21 @@ def resolve_studies(studies: str) -> str:
 def is_remote(studies: str) -> bool:
     """Whether ``studies`` names a DICOMweb server (an ``http(s)://`` URL) rather than a folder."""
     return studies.startswith(("http://", "https://"))
+
+
+def _fingerprint(studies: str) -> Fingerprint | None:
+    """The image fingerprint of a studies folder; ``None`` for a PACS, an empty folder or unreadable headers."""
+    folder = Path(studies)
+    if is_remote(studies) or not folder.is_dir():
+        return None
+    files = image_files(folder)
+    if not files:
+        return None
+    try:
+        return read_fingerprint(files)
+    except PlanningError as error:
+        logger.warning("spacing and roi_size fall back to the modality preset: %s", error)
+        return None
 
 
 def _default_state_dir(studies: str, app_dir: str) -> Path:
@@ -443,10 +515,13 @@ def load_settings(
     values = {key: _value(key, conf, env) for key in KEYS if key != "labels"}
     labels = _labels(_raw("labels", conf, env), studies)
     preset = preset_for(values["modality"])
-    if _raw("spacing", conf, env) is not None:  # "none" is a value: keep each image's own spacing
+    budget = int(np.prod(preset.roi_size))
+    auto = AUTO in (values["spacing"], values["roi_size"])
+    fingerprint = _fingerprint(studies) if auto else None
+    if values["spacing"] != AUTO:  # None is a value: keep each image's own spacing
         preset = replace(preset, spacing=values["spacing"])
-    if values["roi_size"] is not None:
-        preset = replace(preset, roi_size=values["roi_size"])
+    elif fingerprint is not None and preset.spacing is not None:
+        preset = replace(preset, spacing=plan_spacing(fingerprint, floor=preset.spacing))
     if values["normalization"].strip().lower() != "auto":
         try:
             preset = replace(preset, normalization=Normalization(values["normalization"].strip().lower()))
@@ -471,6 +546,11 @@ def load_settings(
             "use mc_mode bottleneck, batched or full, or dropout_scope decoder or all"
         )
     divisor = network.size_divisor
+    if values["roi_size"] != AUTO:
+        preset = replace(preset, roi_size=values["roi_size"])
+    elif fingerprint is not None:
+        roi = plan_roi_size(fingerprint, spacing=preset.spacing, divisor=divisor, voxel_budget=budget)
+        preset = replace(preset, roi_size=roi)
     if any(size % divisor for size in preset.roi_size):
         raise ConfigError(f"roi_size {preset.roi_size} must be a multiple of {divisor} for this network")
     state_dir = Path(values["state_dir"]) if values["state_dir"] else _default_state_dir(studies, app_dir)

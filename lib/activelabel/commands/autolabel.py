@@ -2,7 +2,9 @@
 
 The server runs MONAI Label's batch inference as a background job and stores each result
 under the label tag ``auto``, which marks it as made by the model (not a human label, not
-used for training) so auditors can review it.
+used for training) so auditors can review it.  Each auto-label carries its predicted quality
+(MC-dropout sample agreement) and triage: below the threshold calibrated on the model's
+validation volumes it is sent back to the labeling pool instead of counting as automated.
 """
 
 from __future__ import annotations
@@ -75,6 +77,16 @@ def run_autolabel(args: argparse.Namespace) -> int:
         f"auto-labeled {automation['auto_labeled']} of {status['images']['total']} volumes "
         f"(automation {automation['automation']:.1%}, model version {status['model']['version']})"
     )
+    if automation.get("quality_threshold") is not None:
+        expected = automation.get("expected_accuracy")
+        print(
+            f"triage: {automation['sent_back']} sent back to the labeling pool (predicted quality below "
+            f"{automation['quality_threshold']:.3f}); expected audit accuracy of the accepted: "
+            + (f"{expected:.1%}" if expected is not None else "unknown")
+            + f" (calibrated on {automation['calibration_volumes']} validation volumes)"
+        )
+    else:
+        print("triage: the model has no calibration (no validation volumes); every auto-label is accepted")
     return 0
 
 

@@ -28,13 +28,7 @@ def _options(args: argparse.Namespace, settings: Settings) -> ScoringOptions:
     samples = settings.mc_samples if args.mc_samples is None else args.mc_samples
     if samples < 1:
         raise ScoringError(f"--mc-samples must be >= 1, got {samples}")
-    return ScoringOptions(
-        samples=samples,
-        dilation=settings.foreground_dilation,
-        overlap=settings.sw_overlap,
-        force=args.force,
-        mode=settings.mc_mode,
-    )
+    return settings.scoring_options(samples=samples, force=args.force)
 
 
 def summary(report: BatchReport, *, embedded: int) -> str:
@@ -84,6 +78,7 @@ def run_score(args: argparse.Namespace) -> int:
         preset=settings.preset,
         store=store,
         overlap=settings.sw_overlap,
+        bf16=settings.bf16,
     )
     print(summary(report, embedded=embedded), flush=True)
     if report.failed:

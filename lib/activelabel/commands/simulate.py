@@ -57,6 +57,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         test_fraction=args.test_fraction,
         seed=args.seed,
+        split_seed=args.split_seed,
         epochs_per_round=args.epochs_per_round,
         steps_per_epoch=args.steps_per_epoch,
         mc_samples=args.mc_samples,
@@ -105,7 +106,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--per-round", type=int, default=5, help="volumes labeled per round (default: 5)")
     parser.add_argument("--rounds", type=int, default=5, help="selection rounds (default: 5)")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out test fraction (default: 0.2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run: initial picks, weights, training")
+    parser.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the test split (keep it to compare runs; default: 0)"
+    )
     parser.add_argument("--epochs-per-round", type=int, default=5)
     parser.add_argument("--steps-per-epoch", type=int, default=20, help="optimizer steps per epoch (default: 20)")
     parser.add_argument(

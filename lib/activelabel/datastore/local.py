@@ -65,7 +65,13 @@ def upload_provenance(tag: str, info: dict[str, Any]) -> Provenance:
         return Provenance(source=source, author=str(author) if author else None, seconds_spent=seconds)
     params = info.get("params") if isinstance(info.get("params"), dict) else {}
     model_version = params.get("model_version")
-    return Provenance(source=source, model_version=int(model_version) if isinstance(model_version, int) else None)
+    # An auto-label's triage (predicted quality, threshold, decision) stays with its version.
+    triage = {key: params[key] for key in ("quality", "triage", "quality_threshold") if key in params}
+    return Provenance(
+        source=source,
+        model_version=int(model_version) if isinstance(model_version, int) else None,
+        details=triage or None,
+    )
 
 
 class ValidatingDatastore(IndexedLocalDatastore):

@@ -34,6 +34,9 @@ class ModelInfo:
     val_count: int = 0
     epochs: int = 0
     best_epoch: int | None = None
+    calibration: dict[str, Any] | None = None
+    """The auto-label quality threshold calibrated on the validation volumes
+    (:class:`activelabel.scoring.triage.Calibration` as a dict); ``None`` without validation."""
 
     @property
     def trained(self) -> bool:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -20,9 +21,37 @@ from activelabel.ml.networks import NetworkSpec, bottleneck, build_network, mc_d
 from activelabel.ml.uncertainty import SampleAccumulator, VolumeUncertainty
 
 
-def sliding_window(roi_size: tuple[int, int, int], *, overlap: float = 0.25) -> SlidingWindowInferer:
-    """The sliding-window inferer used everywhere (infer, validation, scoring)."""
-    return SlidingWindowInferer(roi_size=roi_size, sw_batch_size=1, overlap=overlap, mode="gaussian")
+class Bf16SlidingWindowInferer(SlidingWindowInferer):
+    """Gaussian sliding windows whose network passes run in bfloat16 autocast.
+
+    Each window's output is cast back to float32 before MONAI blends it, so the weighted sums
+    (and everything computed from the probabilities) stay in float32.  On a CPU with
+    AVX512-BF16 a DynUNet window runs about 4x faster than in float32.
+    """
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        device_type = inputs.device.type
+
+        def forward(window: torch.Tensor, *more: Any, **options: Any) -> Any:
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                output = network(window, *more, **options)
+            if isinstance(output, torch.Tensor):
+                return output.float()
+            return type(output)(o.float() for o in output)
+
+        return super().__call__(inputs, forward, *args, **kwargs)
+
+
+def sliding_window(roi_size: tuple[int, int, int], *, overlap: float = 0.5, bf16: bool = False) -> SlidingWindowInferer:
+    """The sliding-window inferer used everywhere (infer, validation, scoring, the simulator).
+
+    Args:
+        roi_size: the window (the training patch size).
+        overlap: share of a window that overlaps its neighbour (nnU-Net's 0.5).
+        bf16: run the network passes in bfloat16 autocast (see :class:`Bf16SlidingWindowInferer`).
+    """
+    kind = Bf16SlidingWindowInferer if bf16 else SlidingWindowInferer
+    return kind(roi_size=roi_size, sw_batch_size=1, overlap=overlap, mode="gaussian")
 
 
 def load_model(store: ModelStore, *, device: str = "cpu") -> tuple[nn.Module, ModelInfo]:

@@ -24,10 +24,12 @@ from monai.transforms import (
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
+    RandAdjustContrastd,
     RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSmoothd,
     RandScaleIntensityd,
     RandShiftIntensityd,
     ScaleIntensityRanged,
@@ -225,9 +227,14 @@ def augmentation_transforms(
             )
         )
     transforms += [RandFlipd(keys=keys, prob=0.5, spatial_axis=axis) for axis in mirror_axes]
+    # Intensity augmentation in nnU-Net's proportions; the noise is scaled to the normalized
+    # range (z-scored MR has unit standard deviation, windowed CT spans [0, 1]).
+    noise = 0.1 if preset.intensity is Normalization.ZSCORE else 0.03
     transforms += [
-        RandScaleIntensityd(keys="image", factors=0.1, prob=0.5),
+        RandGaussianNoised(keys="image", prob=0.1, std=noise),
+        RandGaussianSmoothd(keys="image", prob=0.1, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+        RandScaleIntensityd(keys="image", factors=0.25, prob=0.15),
         RandShiftIntensityd(keys="image", offsets=0.05, prob=0.5),
-        RandGaussianNoised(keys="image", prob=0.1, std=0.02),
+        RandAdjustContrastd(keys="image", prob=0.15, gamma=(0.7, 1.5)),
     ]
     return Compose(transforms)

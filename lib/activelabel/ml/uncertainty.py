@@ -9,6 +9,7 @@ come back as ``(*spatial)`` tensors; aggregates as Python floats.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import Enum
 
@@ -115,6 +116,9 @@ class VolumeUncertainty:
     variance: float
     foreground_fraction: float
     samples: int
+    agreement: float | None = None
+    """Mean pairwise Dice between the samples' label maps (see :func:`sample_agreement`);
+    ``None`` for scores stored before it was computed."""
 
     def score(self, metric: UncertaintyMetric | str) -> float:
         """The value of one metric, by enum or name."""
@@ -139,7 +143,31 @@ def volume_uncertainty(probs: torch.Tensor, *, dilation: int = 3) -> VolumeUncer
         variance=aggregate(predictive_variance(probs), mask),
         foreground_fraction=float(mask.float().mean()),
         samples=int(probs.shape[0]),
+        agreement=sample_agreement(list(probs.argmax(dim=1)), classes=int(probs.shape[1])),
     )
+
+
+def sample_agreement(label_maps: Sequence[torch.Tensor], *, classes: int) -> float:
+    """Mean pairwise Dice between MC samples' label maps: a quality estimate needing no truth.
+
+    For every pair of samples, the Dice of each foreground class (empty in both counts as
+    1) averaged over the foreground classes ``1 .. classes - 1``, then over the pairs.
+    Failure-detection studies find this agreement a far better
+    predictor of a segmentation's true Dice than mean entropy.  1.0 with fewer than two samples.
+    """
+    if len(label_maps) < 2:
+        return 1.0
+    scores = []
+    for i in range(len(label_maps)):
+        for j in range(i + 1, len(label_maps)):
+            a, b = label_maps[i], label_maps[j]
+            per_class = []
+            for value in range(1, classes):
+                in_a, in_b = a == value, b == value
+                total = int(in_a.sum()) + int(in_b.sum())
+                per_class.append(1.0 if total == 0 else 2.0 * int((in_a & in_b).sum()) / total)
+            scores.append(sum(per_class) / len(per_class) if per_class else 1.0)
+    return float(sum(scores) / len(scores))
 
 
 class SampleAccumulator:
@@ -172,28 +200,9 @@ class SampleAccumulator:
         self.count += 1
 
     def sample_agreement(self) -> float:
-        """Mean pairwise Dice between the samples' label maps: a quality estimate needing no truth.
-
-        For every pair of samples, the Dice of each foreground class (empty in both counts as
-        1) averaged over the classes, then over the pairs.  Failure-detection studies find
-        this agreement a far better predictor of a segmentation's true Dice than mean entropy.
-        1.0 with fewer than two samples.
-        """
-        self._require()
-        if self.count < 2:
-            return 1.0
-        classes = int(self._sum.shape[0])  # type: ignore[union-attr]
-        scores = []
-        for i in range(self.count):
-            for j in range(i + 1, self.count):
-                a, b = self._labels[i], self._labels[j]
-                per_class = []
-                for value in range(1, classes):
-                    in_a, in_b = a == value, b == value
-                    total = int(in_a.sum()) + int(in_b.sum())
-                    per_class.append(1.0 if total == 0 else 2.0 * int((in_a & in_b).sum()) / total)
-                scores.append(sum(per_class) / len(per_class) if per_class else 1.0)
-        return float(sum(scores) / len(scores))
+        """Mean pairwise Dice between the samples' label maps (:func:`sample_agreement`)."""
+        total, _, _ = self._require()
+        return sample_agreement(self._labels, classes=int(total.shape[0]))
 
     def _require(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._sum is None or self._sum_sq is None or self._sum_entropy is None:
@@ -232,6 +241,7 @@ class SampleAccumulator:
             variance=aggregate(maps[UncertaintyMetric.VARIANCE], mask),
             foreground_fraction=float(mask.float().mean()),
             samples=self.count,
+            agreement=self.sample_agreement(),
         )
 
 

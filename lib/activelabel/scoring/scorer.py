@@ -31,13 +31,15 @@ class ScoringOptions:
         force: rescore images whose score is already from the current model.
         mode: which dropout layers sample (full MC dropout, or only the later layers with
             the rest computed once per window).
+        bf16: network passes in bfloat16 autocast.
     """
 
     samples: int
     dilation: int = 3
-    overlap: float = 0.25
+    overlap: float = 0.5
     force: bool = False
     mode: McMode = McMode.FULL
+    bf16: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class VolumeScorer:
         self.network = network
         self.options = options
         self._load = inference_transforms(preset)
-        self._inferer = sliding_window(preset.roi_size, overlap=options.overlap)
+        self._inferer = sliding_window(preset.roi_size, overlap=options.overlap, bf16=options.bf16)
 
     def score(self, path: str) -> VolumeScore:
         """The score of the volume stored at ``path``."""
@@ -151,7 +153,8 @@ def embed_pool(
     model_version: int,
     preset: Preset,
     store: ScoreStore,
-    overlap: float = 0.25,
+    overlap: float = 0.5,
+    bf16: bool = False,
 ) -> int:
     """Store embeddings for ``images`` (e.g. the labeled ones) that lack one from this model.
 
@@ -162,7 +165,7 @@ def embed_pool(
     have = store.embeddings(model_version)
     todo = [image_id for image_id in images if image_id not in have]
     load = inference_transforms(preset)
-    inferer = sliding_window(preset.roi_size, overlap=overlap)
+    inferer = sliding_window(preset.roi_size, overlap=overlap, bf16=bf16)
     for image_id in todo:
         image = load({"image": images[image_id]})["image"]
         with torch.inference_mode():

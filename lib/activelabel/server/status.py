@@ -7,6 +7,7 @@ from typing import Any
 from monailabel.interfaces.datastore import Datastore
 
 from activelabel.ml.checkpoints import ModelStore
+from activelabel.scoring.triage import auto_label_triage
 from activelabel.server.stop_rule import StopRule, signals_from_submissions
 from activelabel.store.audit import AuditLog, auto_version
 from activelabel.store.label_versions import AUTO_TAG, LabelVersionStore
@@ -33,8 +34,11 @@ def project_status(
 
     Scores count over unlabeled volumes only (the ones strategies choose from): fresh when
     computed by the current model version, stale when by an older one.  Automation counts
-    volumes whose label is the model's: unlabeled ones with an ``auto`` label that no audit
-    rejected, and those whose auto label an audit accepted as final.  With ``readers`` > 1,
+    volumes whose label is the model's: unlabeled ones with an ``auto`` label that triage
+    accepted and no audit rejected, and those whose auto label an audit accepted as final.
+    Auto labels that triage sent back (predicted quality below the threshold calibrated on the
+    model's validation volumes) count as ``sent_back``; ``expected_accuracy`` is the share of
+    calibration volumes above the threshold that passed the audit mark.  With ``readers`` > 1,
     ``readers`` reports volumes awaiting more readers and the inter-reader Dice of consensus labels.
     """
     sync = getattr(datastore, "sync", None)
@@ -47,12 +51,15 @@ def project_status(
     version = model.version if model else -1
     freshness = score_store.freshness(unlabeled, version)
     rejected = audits.rejected() if audits else {}
-    auto = [
+    live = [
         image_id
         for image_id in unlabeled
         if AUTO_TAG in datastore.get_labels_by_image_id(image_id)
         and auto_version(datastore, image_id) not in rejected.get(image_id, set())
     ]
+    triage = {image_id: auto_label_triage(datastore, image_id, tag=AUTO_TAG) for image_id in live}
+    auto = [image_id for image_id in live if triage[image_id].accepted]
+    calibration = (model.calibration if model else None) or {}
     audit = audits.summary() if audits else None
     in_use = len(auto) + (audit.accepted if audit else 0)
     log = submissions.all()
@@ -99,6 +106,10 @@ def project_status(
             "rejected": audit.rejected if audit else 0,
             "corrected": audit.corrected if audit else 0,
             "acceptance_rate": audit.acceptance_rate if audit else None,
+            "sent_back": len(live) - len(auto),
+            "quality_threshold": calibration.get("threshold"),
+            "expected_accuracy": calibration.get("expected_accuracy"),
+            "calibration_volumes": calibration.get("volumes", 0),
         },
         "readers": _reader_status(label_versions, readers=readers, unlabeled=unlabeled),
     }

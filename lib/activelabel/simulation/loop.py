@@ -28,7 +28,6 @@ from activelabel.errors import ConfigError
 from activelabel.labelmap import LabelMap
 from activelabel.ml.inference import (
     embed_volume,
-    mc_dropout_samples,
     mc_dropout_uncertainty,
     predict_probabilities,
     sliding_window,
@@ -38,15 +37,16 @@ from activelabel.ml.networks import NetworkSpec, build_network, initial_state
 from activelabel.ml.training import TrainOptions, load_volumes, split_train_val, train_network, validate
 from activelabel.ml.transforms import Preset
 from activelabel.ml.uncertainty import UncertaintyMetric
-from activelabel.server.stop_rule import RoundSignals, StopRule
-from activelabel.simulation.triage import (
+from activelabel.scoring.triage import (
     automation_accuracy_curve,
     curve_automation_at,
     expert_effort,
+    quality_and_dice,
     quality_threshold,
     rank_correlation,
     triage_outcome,
 )
+from activelabel.server.stop_rule import RoundSignals, StopRule
 from activelabel.store.scores import ScoreStore
 from activelabel.strategies.diverse import DiverseUncertain, farthest_first
 from activelabel.strategies.foreground_random import ForegroundRandom
@@ -69,14 +69,16 @@ class SimulationConfig:
         strategy: ``random``, ``foreground_random`` (nnActive's baseline, foreground from the
             truth), ``entropy``, ``mutual_information``, ``variance`` (most uncertain by that
             metric), ``diverse`` (uncertainty x novelty, mutual information) or ``all``
-            (full-data reference, trained the same way on the whole pool).
+            (full-data reference: the whole pool, trained with the training recipe as given,
+            i.e. the server's trainer with its own step cap and patience, not a round's cap).
         initial: volumes labeled at random before the first round.
         per_round: volumes labeled per round.
         rounds: selection rounds after the initial training.
         test_fraction: fraction of all volumes held out for testing (never selected).
-        seed: seed of the splits, initial weights, initial labels and training.
-        epochs_per_round: training epochs at most after each labeling round (warm start); the
-            full-data reference gets ``rounds + 1`` times as many.
+        seed: seed of the validation splits, initial weights, initial labels and training.
+        split_seed: seed of the test split, the same for every run by default, so that runs
+            with different seeds are tested on the same volumes against one full-data reference.
+        epochs_per_round: training epochs at most after each labeling round (warm start).
         steps_per_epoch: optimizer steps per epoch (the validation interval), whatever the
             number of labeled volumes.
         patience: each round stops once validation Dice has not improved for this many
@@ -99,6 +101,7 @@ class SimulationConfig:
     rounds: int = 5
     test_fraction: float = 0.2
     seed: int = 0
+    split_seed: int = 0
     epochs_per_round: int = 5
     steps_per_epoch: int = 20
     mc_samples: int = 4
@@ -210,8 +213,8 @@ class Simulation:
         self.volumes = (
             dict(volumes) if volumes is not None else preprocess(images, truths, preset=preset, labels=labels)
         )
-        self.pool, self.test = split_cases(sorted(images), test_fraction=config.test_fraction, seed=config.seed)
-        self.inferer = sliding_window(preset.roi_size)
+        self.pool, self.test = split_cases(sorted(images), test_fraction=config.test_fraction, seed=config.split_seed)
+        self.inferer = sliding_window(preset.roi_size, overlap=self.train_options.overlap, bf16=self.train_options.bf16)
         self.channel_labels = {name: index for index, name in labels.channel_names().items()}
         self.network = build_network(spec)
         self.network.load_state_dict(initial_state(spec, seed=config.seed))
@@ -256,7 +259,7 @@ class Simulation:
         prediction = predict_probabilities(self.network, volume["image"], self.inferer).argmax(dim=0).numpy()
         return mean_dice(dice_per_label(prediction, np.asarray(volume["label"][0]), self.channel_labels).values())
 
-    def _train(self, cases: Sequence[str], *, epochs: int, round_index: int) -> tuple[float | None, float]:
+    def _train(self, cases: Sequence[str], *, options: TrainOptions) -> tuple[float | None, float]:
         train_ids, val_ids = split_train_val(cases, val_split=self.config.val_split, seed=self.config.seed)
         self._val_ids = list(val_ids)  # triage calibrates on these: never trained on
         began = time.perf_counter()
@@ -266,7 +269,7 @@ class Simulation:
             [self.volumes[c] for c in val_ids],
             preset=self.preset,
             labels=self.labels,
-            options=self._round_options(epochs=epochs, round_index=round_index),
+            options=options,
             device=self.device,
         )
         return result.val_mean_dice, time.perf_counter() - began
@@ -284,7 +287,14 @@ class Simulation:
         return replace(self.train_options, **overrides)
 
     def _test_dice(self) -> dict[str, float]:
-        return validate(self.network, [self.volumes[c] for c in self.test], preset=self.preset, labels=self.labels)
+        return validate(
+            self.network,
+            [self.volumes[c] for c in self.test],
+            preset=self.preset,
+            labels=self.labels,
+            overlap=self.train_options.overlap,
+            bf16=self.train_options.bf16,
+        )
 
     def _score(self, version: int) -> tuple[float, float]:
         """Score the unlabeled pool and embed the labeled volumes; returns (seconds, mean score)."""
@@ -340,7 +350,7 @@ class Simulation:
         bar = tqdm(total=config.rounds + 1, desc=f"{config.strategy} seed {config.seed}", disable=not progress)
         for round_index in range(config.rounds + 1):
             val_dice, train_seconds = self._train(
-                self.labeled(), epochs=config.epochs_per_round, round_index=round_index
+                self.labeled(), options=self._round_options(epochs=config.epochs_per_round, round_index=round_index)
             )
             test = self._test_dice()
             record = RoundRecord(
@@ -376,18 +386,14 @@ class Simulation:
         return self._results(records, audit)
 
     def _quality(self, case: str) -> tuple[float, float]:
-        """(predicted quality, true Dice) of the auto-label of ``case``.
-
-        The quality is the mean pairwise Dice of ``mc_samples`` MC-dropout samples (no truth
-        needed); the auto-label is the samples' mean prediction.
-        """
-        accumulator, _ = mc_dropout_samples(
-            self.network, self.volumes[case]["image"], self.inferer, samples=max(2, self.config.mc_samples)
+        """(predicted quality, true Dice) of the auto-label of ``case`` (see :func:`quality_and_dice`)."""
+        return quality_and_dice(
+            self.network,
+            self.volumes[case],
+            inferer=self.inferer,
+            samples=self.config.mc_samples,
+            channels=self.channel_labels,
         )
-        prediction = accumulator.mean_probs().argmax(dim=0).numpy()
-        truth = np.asarray(self.volumes[case]["label"][0])
-        true_dice = mean_dice(dice_per_label(prediction, truth, self.channel_labels).values())
-        return accumulator.sample_agreement(), true_dice
 
     def _audit(self) -> dict[str, Any]:
         """Auto-label the unlabeled pool, triage it by predicted quality and audit it against the truth.
@@ -440,8 +446,7 @@ class Simulation:
 
     def _run_full_data(self) -> dict[str, Any]:
         self._label(self.pool)
-        epochs = self.config.epochs_per_round * (self.config.rounds + 1)
-        val_dice, seconds = self._train(self.pool, epochs=epochs, round_index=0)
+        val_dice, seconds = self._train(self.pool, options=replace(self.train_options, seed=self.config.seed * 1000))
         test = self._test_dice()
         record = RoundRecord(
             round=0,

@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS scores (
     foreground_fraction REAL NOT NULL,
     samples INTEGER NOT NULL,
     seconds REAL NOT NULL,
-    scored_at REAL NOT NULL
+    scored_at REAL NOT NULL,
+    agreement REAL
 );
 CREATE INDEX IF NOT EXISTS scores_by_entropy ON scores(entropy DESC, image_id);
 CREATE INDEX IF NOT EXISTS scores_by_mutual_information ON scores(mutual_information DESC, image_id);
@@ -38,6 +39,11 @@ CREATE TABLE IF NOT EXISTS embeddings (
     vector BLOB NOT NULL
 );
 """
+
+_COLUMNS = (
+    "image_id, model_version, entropy, mutual_information, variance, foreground_fraction, samples, seconds, "
+    "scored_at, agreement"
+)
 
 _TOP_BATCH = 64
 
@@ -81,6 +87,10 @@ class ScoreStore:
     def __init__(self, path: str | Path) -> None:
         self.database = SqliteFile(path, schema=_SCHEMA)
         self.path = self.database.path
+        with self.database.transaction() as db:  # databases made before the agreement column
+            columns = {row[1] for row in db.execute("PRAGMA table_info(scores)")}
+            if "agreement" not in columns:
+                db.execute("ALTER TABLE scores ADD COLUMN agreement REAL")
 
     def put(self, image_id: str, model_version: int, uncertainty: VolumeUncertainty, *, seconds: float) -> None:
         """Store (or replace) the score of one image."""
@@ -90,11 +100,22 @@ class ScoreStore:
         """Store (or replace) ``(image id, model version, uncertainty, seconds)`` rows in one transaction."""
         now = time.time()
         rows = [
-            (image_id, version, u.entropy, u.mutual_information, u.variance, u.foreground_fraction, u.samples, s, now)
+            (
+                image_id,
+                version,
+                u.entropy,
+                u.mutual_information,
+                u.variance,
+                u.foreground_fraction,
+                u.samples,
+                s,
+                now,
+                u.agreement,
+            )
             for image_id, version, u, s in scores
         ]
         with self.database.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(f"INSERT OR REPLACE INTO scores ({_COLUMNS}) VALUES ({', '.join('?' * 10)})", rows)
 
     def put_embedding(self, image_id: str, model_version: int, vector: np.ndarray) -> None:
         """Store (or replace) the bottleneck embedding of one image."""
@@ -112,12 +133,12 @@ class ScoreStore:
 
     def get(self, image_id: str) -> ImageScore | None:
         with self.database.transaction() as db:
-            row = db.execute("SELECT * FROM scores WHERE image_id = ?", (image_id,)).fetchone()
+            row = db.execute(f"SELECT {_COLUMNS} FROM scores WHERE image_id = ?", (image_id,)).fetchone()
         return _to_score(row) if row else None
 
     def all(self) -> dict[str, ImageScore]:
         with self.database.transaction() as db:
-            rows = db.execute("SELECT * FROM scores").fetchall()
+            rows = db.execute(f"SELECT {_COLUMNS} FROM scores").fetchall()
         return {row[0]: _to_score(row) for row in rows}
 
     def stale(self, image_ids: Iterable[str], model_version: int) -> list[str]:
@@ -147,7 +168,7 @@ class ScoreStore:
         """
         name = UncertaintyMetric(metric).value
         with self.database.transaction() as db:
-            rows = db.execute(f"SELECT * FROM scores ORDER BY {name} DESC, image_id ASC")
+            rows = db.execute(f"SELECT {_COLUMNS} FROM scores ORDER BY {name} DESC, image_id ASC")
             while batch := rows.fetchmany(_TOP_BATCH):
                 for row in batch:
                     if accept(row[0]):
@@ -177,7 +198,7 @@ class ScoreStore:
 
 
 def _to_score(row: tuple) -> ImageScore:
-    image_id, version, entropy, mi, variance, fraction, samples, seconds, scored_at = row
+    image_id, version, entropy, mi, variance, fraction, samples, seconds, scored_at, agreement = row
     return ImageScore(
         image_id=image_id,
         model_version=int(version),
@@ -187,6 +208,7 @@ def _to_score(row: tuple) -> ImageScore:
             variance=variance,
             foreground_fraction=fraction,
             samples=int(samples),
+            agreement=None if agreement is None else float(agreement),
         ),
         seconds=seconds,
         scored_at=scored_at,

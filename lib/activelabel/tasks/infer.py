@@ -13,10 +13,14 @@ from torch import nn
 
 from activelabel.config import Settings
 from activelabel.ml.checkpoints import ModelStore
-from activelabel.ml.inference import PublishedModel, sliding_window
+from activelabel.ml.inference import PublishedModel
 from activelabel.ml.networks import build_network
 from activelabel.ml.regrid import RestoreToImageGridd
 from activelabel.ml.transforms import channels_to_label_values, inference_transforms
+from activelabel.scoring.scorer import VolumeScorer, record_score
+from activelabel.scoring.triage import triage_decision
+from activelabel.store.label_versions import AUTO_TAG
+from activelabel.store.scores import ScoreStore
 
 
 class SegmentationInfer(BasicInferTask):
@@ -57,7 +61,7 @@ class SegmentationInfer(BasicInferTask):
         return [DeleteItemsd(keys="image_path"), *self._pre.transforms]
 
     def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
-        return sliding_window(self.settings.preset.roi_size, overlap=self.settings.sw_overlap)
+        return self.settings.inferer()
 
     def inverse_transforms(self, data: dict[str, Any] | None = None) -> None:
         return None
@@ -85,6 +89,36 @@ class SegmentationInfer(BasicInferTask):
         result = dict(result or {})
         result["model_version"] = data.get("model_version")
         return label, result
+
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
+        label, result = super().__call__(request, callbacks)
+        if request.get("label_tag") == AUTO_TAG and label is not None:
+            result = {**(result or {}), **self._triage(request, result or {})}
+        return label, result
+
+    def _triage(self, request: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        """An auto-label's predicted quality and the triage decision it gets from the model's calibration.
+
+        The quality is the volume's MC-dropout sample agreement under the model that made the
+        label: read from the score store when scoring already computed it for that version,
+        computed here (and stored) otherwise.
+        """
+        settings = self.settings
+        published = self._loaded.setdefault(settings.device, PublishedModel(self.store, device=settings.device))
+        network, info = published.get()
+        image_id = request.get("_image_id")
+        scores = ScoreStore(settings.scores_path)
+        stored = scores.get(image_id) if image_id else None
+        if stored is not None and stored.model_version == info.version and stored.uncertainty.agreement is not None:
+            quality = stored.uncertainty.agreement
+        else:
+            options = settings.scoring_options(samples=max(2, settings.mc_samples))
+            score = VolumeScorer(network=network, preset=settings.preset, options=options).score(request["image"])
+            if image_id:
+                record_score(scores, image_id=image_id, model_version=info.version, score=score)
+            quality = score.uncertainty.agreement
+        decision = triage_decision(quality, info.calibration)
+        return {"quality": quality, **decision.to_dict()}
 
     def clear(self) -> None:
         self._loaded.clear()

@@ -62,13 +62,7 @@ class EpistemicScoring(ScoringMethod):
             images,
             network=network,
             model_version=info.version,
-            options=ScoringOptions(
-                samples=samples,
-                dilation=self.settings.foreground_dilation,
-                overlap=self.settings.sw_overlap,
-                force=force,
-                mode=self.settings.mc_mode,
-            ),
+            options=self.settings.scoring_options(samples=samples, force=force),
         )
         labeled = {image_id: datastore.get_image_uri(image_id) for image_id in datastore.get_labeled_images()}
         embedded = embed_pool(
@@ -78,6 +72,7 @@ class EpistemicScoring(ScoringMethod):
             preset=self.settings.preset,
             store=self.score_store,
             overlap=self.settings.sw_overlap,
+            bf16=self.settings.bf16,
         )
         return {**report, "labeled_embedded": embedded}
 

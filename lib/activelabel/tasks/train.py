@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
+from torch import nn
 
 from activelabel.config import Settings
 from activelabel.fsutil import atomic_write_json, read_json
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import load_model
 from activelabel.ml.training import load_volumes, split_train_val, train_network
+from activelabel.scoring.triage import Calibration, calibrate, quality_and_dice
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class SegmentationTrainer(TrainTask):
             ),
             device=self.settings.device,
         )
+        calibration = self._calibrate(network, val_volumes)
         info = self.store.publish(
             result.state_dict,
             spec=self.settings.network.to_dict(),
@@ -92,6 +96,7 @@ class SegmentationTrainer(TrainTask):
             val_count=result.val_count,
             epochs=result.epochs,
             best_epoch=result.best_epoch,
+            calibration=calibration.to_dict() if calibration else None,
         )
         stats = {
             "model_version": info.version,
@@ -100,6 +105,22 @@ class SegmentationTrainer(TrainTask):
             "val_ids": val_ids,
             **result.summary(),
         }
+        stats["calibration"] = info.calibration
         atomic_write_json(self.stats_path, stats)
         logger.info("published model version %d (val mean Dice %s)", info.version, info.val_mean_dice)
         return stats
+
+    def _calibrate(self, network: nn.Module, val_volumes: Sequence[Mapping[str, Any]]) -> Calibration | None:
+        """The quality threshold of the trained network on the validation volumes (never trained on)."""
+        if not val_volumes:
+            return None
+        settings = self.settings
+        inferer = settings.inferer()
+        channels = {name: index for index, name in settings.labels.channel_names().items()}
+        pairs = [
+            quality_and_dice(network, volume, inferer=inferer, samples=settings.mc_samples, channels=channels)
+            for volume in val_volumes
+        ]
+        calibration = calibrate(pairs, dice_threshold=settings.audit_dice, accuracy=settings.triage_accuracy)
+        logger.info("auto-label triage: %s", calibration)
+        return calibration

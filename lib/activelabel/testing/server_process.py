@@ -71,6 +71,20 @@ class ServerProcess:
         """The last ``lines`` lines of the server's log."""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
+    def wait_for_task(self, kind: str, *, timeout: float = 300.0, poll: float = 1.0) -> dict:
+        """MONAI Label's status of the latest ``kind`` task (``train``, ``scoring``, ``batch/infer``) once it ended.
+
+        Raises:
+            TimeoutError: when it is still running after ``timeout`` seconds (the message ends with the log).
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            task = requests.get(f"{self.url}/{kind}/", timeout=30).json()
+            if task.get("status") in ("DONE", "ERROR"):
+                return task
+            time.sleep(poll)
+        raise TimeoutError(f"{kind} did not finish in {timeout:.0f}s:\n{self.log_tail()}")
+
     def stop(self, *, timeout: float = 30.0) -> None:
         """Terminate the server and its task subprocesses (training, scoring, batch infer).
 
