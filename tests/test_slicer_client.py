@@ -34,6 +34,7 @@ from ActiveLabelLib.conversions import nifti_geometry  # noqa: E402
 from ActiveLabelLib.errors import ActiveLabelError, server_detail  # noqa: E402
 from ActiveLabelLib.session import LabelingSession, TaskProgress  # noqa: E402
 from ActiveLabelLib.settings import JsonFileStore, Settings  # noqa: E402
+from ActiveLabelLib.slices import keep_slices  # noqa: E402
 from ActiveLabelLib.worker import BackgroundCalls  # noqa: E402
 
 LABELS = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4}
@@ -329,6 +330,25 @@ def test_an_uncertainty_map_of_an_unknown_image_is_refused_with_404(session: Lab
     with pytest.raises(ActiveLabelError, match="unknown image id 'no-such-image'") as raised:
         session.client.uncertainty_map("no-such-image")
     assert raised.value.status == 404
+
+
+def test_a_slice_sample_is_submitted_with_only_its_slices_annotated(served: ServerProcess, tmp_path: Path) -> None:
+    session = LabelingSession(ActiveLabelClient(served.url, client_id=USER), workdir=tmp_path / "work")
+    sample = session.next_sample("uncertain_slices", params={"slices": 3})
+    queue = sample.slice_queue
+    assert queue is not None
+    assert len(queue.slices) == 3
+    truth = nib.load(served.studies / "truth" / f"{sample.image_id}.nii.gz")
+    drawn = tmp_path / "drawn.nii.gz"
+    partial = keep_slices(np.asarray(truth.dataobj).astype(np.uint8), axis=queue.axis, slices=queue.slices)
+    nib.save(nib.Nifti1Image(partial, truth.affine), str(drawn))
+
+    session.submit(drawn)
+
+    versions = requests.get(f"{served.url}/activelabel/labels/{sample.image_id}/versions", timeout=30).json()
+    details = versions[-1]["details"]
+    assert details == {"partial": True, "slice_axis": queue.axis, "annotated_slices": list(queue.slices)}
+    assert versions[-1]["author"] == USER
 
 
 def test_a_server_that_is_down_gives_a_readable_one_line_error(tmp_path: Path) -> None:

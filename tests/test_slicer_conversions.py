@@ -16,6 +16,7 @@ import pytest
 import slicer
 
 from activelabel.data.phantoms import generate_datastore
+from activelabel.labelmap import NOT_ANNOTATED as SERVER_NOT_ANNOTATED
 
 EXTENSION = Path(__file__).resolve().parents[1] / "slicer_extension" / "ActiveLabel"
 sys.path.insert(0, str(EXTENSION))
@@ -33,6 +34,7 @@ from ActiveLabelLib.conversions import (  # noqa: E402
     to_slicer_order,
 )
 from ActiveLabelLib.errors import ActiveLabelError  # noqa: E402
+from ActiveLabelLib.slices import NOT_ANNOTATED, SliceQueue, keep_slices  # noqa: E402
 
 LABELS = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4}
 
@@ -329,3 +331,57 @@ def test_loading_and_exporting_leave_no_temporary_nodes_behind(scene: Any, studi
     assert added <= {"vtkMRMLSegmentationNode", "vtkMRMLSegmentationDisplayNode", "vtkMRMLSubjectHierarchyNode"}
     nodes.remove_nodes(scene, segmentation, volume)
     assert not scene.GetNodesByClass("vtkMRMLVolumeNode").GetNumberOfItems()
+
+
+@pytest.mark.parametrize("grid", ["ras", "left-handed"])
+def test_a_slice_sample_exports_only_its_slices_and_the_rest_as_not_annotated(
+    scene: Any, tmp_path: Path, grid: str
+) -> None:
+    rng = np.random.default_rng(2)
+    affine = _oblique_affine() if grid == "left-handed" else np.diag([1.5, 1.5, 3.0, 1.0])
+    image_path, label_path = tmp_path / "img.nii.gz", tmp_path / "label.nii.gz"
+    truth = rng.integers(0, 3, size=(12, 10, 8)).astype(np.uint8)
+    nib.save(nib.Nifti1Image(rng.normal(size=truth.shape).astype(np.float32), affine), str(image_path))
+    nib.save(nib.Nifti1Image(truth, affine), str(label_path))
+    volume = nodes.read_volume(scene, image_path, name="img")
+    segmentation = nodes.load_segmentation(scene, label_path, reference=volume, label_names=LABELS, name="seg")
+    queue = SliceQueue(axis=2, slices=(5, 1))
+
+    written = nodes.write_label_file(
+        scene,
+        segmentation,
+        reference=volume,
+        label_names=LABELS,
+        path=tmp_path / "out.nii.gz",
+        target=nifti_geometry(image_path),
+        slices=queue,
+    )
+
+    exported = np.asarray(nib.load(str(written)).dataobj)
+    np.testing.assert_array_equal(exported[:, :, [1, 5]], truth[:, :, [1, 5]])
+    outside = np.delete(exported, [1, 5], axis=2)
+    assert (outside == NOT_ANNOTATED).all()
+
+
+def test_slice_queue_steps_through_the_slices_and_says_which_to_draw() -> None:
+    queue = SliceQueue(axis=2, slices=(40, 12, 27))
+    assert (queue.current, queue.previous(), queue.next(), queue.next(), queue.next()) == (12, 12, 27, 40, 40)
+    assert queue.text == "slice 3 of 3 (index 40); draw only slices 12, 27, 40"
+    with pytest.raises(ActiveLabelError, match="no slices"):
+        SliceQueue(axis=2, slices=())
+    with pytest.raises(ActiveLabelError, match="slice axis 3"):
+        SliceQueue(axis=3, slices=(1,))
+
+
+def test_keeping_slices_refuses_indices_outside_the_image_and_the_reserved_value() -> None:
+    label = np.zeros((4, 4, 4), np.uint8)
+    assert (keep_slices(label, axis=0, slices=[2])[[0, 1, 3]] == NOT_ANNOTATED).all()
+    with pytest.raises(ActiveLabelError, match=r"slices \[4\] lie outside"):
+        keep_slices(label, axis=0, slices=[4])
+    label[0, 0, 0] = NOT_ANNOTATED
+    with pytest.raises(ActiveLabelError, match="means 'not annotated'"):
+        keep_slices(label, axis=0, slices=[0])
+
+
+def test_the_extension_marks_unannotated_voxels_like_the_server() -> None:
+    assert NOT_ANNOTATED == SERVER_NOT_ANNOTATED

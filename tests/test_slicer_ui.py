@@ -8,6 +8,7 @@ the only thing mocked: the .ui file, the view rules and the module source are th
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import re
 import shutil
@@ -38,6 +39,7 @@ from ActiveLabelLib.session import (  # noqa: E402
     Submission,
     TaskProgress,
 )
+from ActiveLabelLib.slices import SliceQueue  # noqa: E402
 
 SLICER_WIDGETS = {"ctkCollapsibleButton", "qMRMLWidget", "qMRMLSegmentEditorWidget"}
 LABELS = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4}
@@ -313,3 +315,20 @@ def test_cmake_lists_every_script_and_resource_of_the_module() -> None:
         'set(EXTENSION_DEPENDS "NA")',
     ):
         assert required in top, required
+
+
+def test_a_slice_sample_lists_its_slices_and_steps_between_them() -> None:
+    state = _labeling_state()
+    whole = panel_view(**state)
+    assert whole.texts["sliceLabel"] == "whole volume"
+    assert not whole.enabled["previousSliceButton"]
+    assert not whole.enabled["nextSliceButton"]
+    queue = SliceQueue(axis=2, slices=(12, 27, 40))
+    sample = dataclasses.replace(state["sample"], strategy="uncertain_slices", slice_queue=queue)
+    first = panel_view(**{**state, "sample": sample})
+    assert first.texts["sliceLabel"] == "slice 1 of 3 (index 12); draw only slices 12, 27, 40"
+    assert (first.enabled["previousSliceButton"], first.enabled["nextSliceButton"]) == (False, True)
+    queue.next()
+    queue.next()
+    last = panel_view(**{**state, "sample": sample})
+    assert (last.enabled["previousSliceButton"], last.enabled["nextSliceButton"]) == (True, False)

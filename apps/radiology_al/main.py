@@ -25,6 +25,8 @@ from activelabel.access.request_user import caller_name
 from activelabel.config import is_remote, load_settings
 from activelabel.datastore.factory import open_datastore
 from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.inference import PublishedModel
+from activelabel.ml.uncertainty_map import UncertaintyMapCache
 from activelabel.server.task_guard import task_pending
 from activelabel.store.audit import AuditLog
 from activelabel.store.identifiers import check_local_source, check_name
@@ -38,6 +40,7 @@ from activelabel.strategies.diverse import DiverseUncertain
 from activelabel.strategies.foreground_random import ForegroundRandom
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
+from activelabel.strategies.uncertain_slices import UncertainSlices
 from activelabel.tasks.infer import SegmentationInfer
 from activelabel.tasks.scoring import EpistemicScoring
 from activelabel.tasks.train import SegmentationTrainer
@@ -61,6 +64,12 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             self.settings.label_versions_dir, index=self.settings.label_versions_path
         )
         self.audits = AuditLog(self.settings.audits_path)
+        self.uncertainty_maps = UncertaintyMapCache(
+            self.settings.state_dir / "uncertainty-maps",
+            model=PublishedModel(self.model_store, device=self.settings.device),
+            preset=self.settings.preset,
+            overlap=self.settings.sw_overlap,
+        )
         self._last_submission: dict[str, dict[str, Any]] = {}
         super().__init__(
             app_dir=app_dir,
@@ -203,6 +212,12 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             "random": RandomSample(),
             "foreground_random": ForegroundRandom(scores=self.score_store),
             "audit": AuditSample(audits=self.audits),
+            "uncertain_slices": UncertainSlices(
+                scores=self.score_store,
+                maps=self.uncertainty_maps,
+                metric=self.settings.uncertainty_metric,
+                samples=self.settings.mc_samples,
+            ),
         }
 
     def info(self) -> dict[str, Any]:

@@ -11,6 +11,14 @@ import numpy as np
 
 LABELS_FILE = "labels.json"
 
+NOT_ANNOTATED = 255
+"""Voxel value of a partial label where nobody annotated: neither background nor any label.
+
+A clinician who draws only some slices of a volume sends the rest as 255; training ignores
+those voxels (loss, patch centres, validation Dice).  The same value marks them in the
+network's channel space.  No label of a project may use it.
+"""
+
 
 @dataclass(frozen=True)
 class LabelMap:
@@ -35,6 +43,8 @@ class LabelMap:
         bad = [v for v in self.values if not isinstance(v, int) or isinstance(v, bool) or v < 1]
         if bad:
             raise ValueError(f"label values must be integers >= 1 (0 is background), got {bad}")
+        if NOT_ANNOTATED in self.values:
+            raise ValueError(f"label value {NOT_ANNOTATED} is reserved for voxels that are not annotated")
         if list(self.values) != sorted(self.values):
             raise ValueError("values must be in ascending order; build label maps with LabelMap.from_mapping")
 
@@ -76,17 +86,18 @@ class LabelMap:
 
     @property
     def allowed_values(self) -> frozenset[int]:
-        """Values a label map may contain: background and every label."""
-        return frozenset((0, *self.values))
+        """Values a label map may contain: background, every label and :data:`NOT_ANNOTATED`."""
+        return frozenset((0, *self.values, NOT_ANNOTATED))
 
     def channel_names(self) -> dict[int, str]:
         """Output channel index -> label name (channel 0 is background)."""
         return {i + 1: name for i, name in enumerate(self.names)}
 
     def to_channels(self, label: np.ndarray) -> np.ndarray:
-        """Map label values to channel indices (unknown values become background)."""
-        lut = np.zeros(max(self.values) + 1, dtype=np.int64)
+        """Map label values to channel indices (:data:`NOT_ANNOTATED` stays; unknown values become background)."""
+        lut = np.zeros(max(*self.values, NOT_ANNOTATED) + 1, dtype=np.int64)
         lut[list(self.values)] = np.arange(1, len(self.values) + 1)
+        lut[NOT_ANNOTATED] = NOT_ANNOTATED
         label = np.asarray(label).astype(np.int64)
         inside = (label >= 0) & (label < lut.size)
         out = np.zeros_like(label)
@@ -97,3 +108,17 @@ class LabelMap:
         """Map channel indices back to label values."""
         lut = np.asarray((0, *self.values), dtype=np.int64)
         return lut[np.asarray(channels).astype(np.int64)]
+
+
+def is_partial(label: np.ndarray) -> bool:
+    """Whether a label map leaves some voxels :data:`NOT_ANNOTATED`."""
+    return bool(np.any(np.asarray(label) == NOT_ANNOTATED))
+
+
+def annotated_slices(label: np.ndarray, *, axis: int) -> list[int]:
+    """Indices along ``axis`` of the slices holding at least one annotated voxel."""
+    array = np.asarray(label)
+    if not -array.ndim <= axis < array.ndim:
+        raise ValueError(f"axis must be one of the label's {array.ndim} axes, got {axis}")
+    other = tuple(a for a in range(array.ndim) if a != axis % array.ndim)
+    return np.flatnonzero(np.any(array != NOT_ANNOTATED, axis=other)).tolist()

@@ -18,6 +18,7 @@ from typing import Any
 
 import qt
 import slicer
+import vtk
 from ActiveLabelLib import nodes
 from ActiveLabelLib.client import ActiveLabelClient
 from ActiveLabelLib.conversions import nifti_geometry
@@ -115,6 +116,8 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
         self.ui.trainButton.connect("clicked(bool)", lambda _checked: self.on_train())
         self.ui.stopTrainingButton.connect("clicked(bool)", lambda _checked: self.on_stop_training())
         self.ui.scoreButton.connect("clicked(bool)", lambda _checked: self.on_score())
+        self.ui.previousSliceButton.connect("clicked(bool)", lambda _checked: self.on_step_slice(-1))
+        self.ui.nextSliceButton.connect("clicked(bool)", lambda _checked: self.on_step_slice(+1))
         for box in (self.ui.autoSegmentCheckBox, self.ui.autoFetchCheckBox):
             box.connect("toggled(bool)", lambda _checked: self._save_settings())
         self.ui.uncertaintyMapCheckBox.connect("toggled(bool)", self.on_uncertainty_toggled)
@@ -167,12 +170,24 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
     def on_sample(self, sample: Sample) -> None:
         self.logic.show_sample(sample)
         self.show_message(f"Loaded {sample.image_id}.")
+        if sample.slice_queue is not None:
+            self.logic.show_slice(sample.slice_queue.current, axis=sample.slice_queue.axis)
+            self.show_message(f"Loaded {sample.image_id}: {sample.slice_queue.text}.")
         if self.ui.autoSegmentCheckBox.checked:
             self.on_segment()
         else:
             self._edit(self.logic.ensure_segmentation())
         if self.ui.uncertaintyMapCheckBox.checked:
             self.on_uncertainty_map()
+
+    def on_step_slice(self, step: int) -> None:
+        session = self._session(quiet=True)
+        queue = session.sample.slice_queue if session is not None and session.sample is not None else None
+        if queue is None:
+            return
+        index = queue.next() if step > 0 else queue.previous()
+        self.logic.show_slice(index, axis=queue.axis)
+        self.refresh_view()
 
     def on_uncertainty_toggled(self, checked: bool) -> None:
         self._save_settings()
@@ -422,7 +437,23 @@ class ActiveLabelLogic(ScriptedLoadableModuleLogic):
             label_names=self._label_names(),
             path=path,
             target=target,
+            slices=self.session.sample.slice_queue,
         )
+
+    def show_slice(self, index: int, *, axis: int) -> None:
+        """Centre the slice view across ``axis`` on slice ``index`` of the sample (voxel axis of its file)."""
+        volume = self._volume()
+        dimensions = volume.GetImageData().GetDimensions()
+        ijk = [(size - 1) / 2.0 for size in dimensions] + [1.0]
+        ijk[axis] = float(index)
+        matrix = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrix)
+        ras = matrix.MultiplyPoint(ijk)[:3]
+        layout = slicer.app.layoutManager() if hasattr(slicer, "app") else None
+        if layout is None:
+            return  # no views (MRML without the application)
+        view = {0: "Yellow", 1: "Green"}.get(axis, "Red")  # sagittal, coronal, axial
+        layout.sliceWidget(view).mrmlSliceNode().JumpSliceByCentering(*ras)
 
     def editor_node(self) -> Any:
         """The Segment Editor's parameter node (made again if the scene was closed)."""

@@ -29,7 +29,7 @@ from activelabel.store.label_versions import (
     Provenance,
     source_of_upload,
 )
-from activelabel.store.validation import InputRejected, check_file_type, check_image, check_label
+from activelabel.store.validation import InputRejected, LabelCoverage, check_file_type, check_image, check_label
 
 
 def _http_error(error: InputRejected) -> HTTPException:
@@ -62,7 +62,10 @@ def upload_provenance(tag: str, info: dict[str, Any]) -> Provenance:
             raise InputRejected(f"seconds_spent must be >= 0, got {seconds}")
     if source is LabelSource.HUMAN:
         author = info.get("client_id") or info.get("user")
-        return Provenance(source=source, author=str(author) if author else None, seconds_spent=seconds)
+        partial = (
+            {key: info[key] for key in ("partial", "slice_axis", "annotated_slices")} if info.get("partial") else None
+        )
+        return Provenance(source=source, author=str(author) if author else None, seconds_spent=seconds, details=partial)
     params = info.get("params") if isinstance(info.get("params"), dict) else {}
     model_version = params.get("model_version")
     # An auto-label's triage (predicted quality, threshold, decision) stays with its version.
@@ -125,8 +128,8 @@ class ValidatingDatastore(IndexedLocalDatastore):
             raise _http_error(error) from None
         return super().add_image(image_id, image_filename, image_info)
 
-    def check_label_upload(self, image_id: str, label_filename: str, label_tag: str) -> None:
-        """The checks every label passes before it is stored.
+    def check_label_upload(self, image_id: str, label_filename: str, label_tag: str) -> LabelCoverage:
+        """The checks every label passes before it is stored; returns which slices it annotates.
 
         Raises:
             InputRejected: 400 for a bad id or tag, 404 for an unknown image, 415/422 for a bad file.
@@ -137,17 +140,22 @@ class ValidatingDatastore(IndexedLocalDatastore):
         if not image_path:
             raise InputRejected(f"unknown image id {image_id!r}", status=404)
         check_file_type(label_filename, what="label")
-        check_label(label_filename, image_path, self._labels)
+        return check_label(label_filename, image_path, self._labels)
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
-        """Check and store a label; with access control on, its author is the authenticated user."""
+        """Check and store a label; with access control on, its author is the authenticated user.
+
+        The label's info records which axial slices it annotates (``partial``, ``slice_axis``,
+        ``slices``, ``annotated_slices``), so partial labels are counted and never re-asked.
+        """
         try:
-            self.check_label_upload(image_id, label_filename, label_tag)
+            coverage = self.check_label_upload(image_id, label_filename, label_tag)
         except InputRejected as error:
             raise _http_error(error) from None
+        label_info = {**(label_info or {}), **coverage.to_info()}
         user = authenticated_user()
         if user is not None:
-            label_info = {**(label_info or {}), "client_id": user.name, "user": user.name}
+            label_info = {**label_info, "client_id": user.name, "user": user.name}
         try:
             return self._save_upload(image_id, label_filename, label_tag, dict(label_info or {}))
         except InputRejected as error:
@@ -161,7 +169,8 @@ class ValidatingDatastore(IndexedLocalDatastore):
         Raises:
             InputRejected: when the label fails the upload checks; nothing is stored.
         """
-        self.check_label_upload(image_id, label_filename, label_tag)
+        coverage = self.check_label_upload(image_id, label_filename, label_tag)
+        label_info = {**label_info, **coverage.to_info()}
         return self._store_label(image_id, label_filename, label_tag, label_info, provenance=provenance).version
 
     def complete_consensus(self) -> list[str]:

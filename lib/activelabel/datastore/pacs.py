@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 
 from activelabel.config import setting
 from activelabel.datastore.local import StoredLabel, ValidatingDatastore
-from activelabel.labelmap import LabelMap
+from activelabel.labelmap import NOT_ANNOTATED, LabelMap
 from activelabel.pacs.dicom_seg import SegError, SegmentOrigin, build_seg, referenced_series, seg_to_labelmap
 from activelabel.pacs.dicomweb import PacsClient, PacsError, SeriesRecord
 from activelabel.pacs.geometry import GeometryMismatch, SeriesGeometry
@@ -324,6 +324,12 @@ class PacsDatastore(ValidatingDatastore):
     ) -> StoredLabel:
         """A final label goes to the PACS as a DICOM SEG first; only then does it become the live label."""
         if label_tag == FINAL_TAG:
+            if label_info.get("partial"):
+                raise InputRejected(
+                    f"a partial label (voxels {NOT_ANNOTATED}: not annotated) cannot be written to the PACS as a "
+                    "DICOM SEG, which has no 'not annotated' segment; annotate every slice, or label partially on a "
+                    "folder datastore"
+                )
             record = self._store_seg(image_id, label_filename, provenance=provenance)
             label_info = {**label_info, SEG_INFO_KEY: record}
         return super()._store_label(image_id, label_filename, label_tag, label_info, provenance=provenance)

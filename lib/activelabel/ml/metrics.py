@@ -6,13 +6,21 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from activelabel.labelmap import NOT_ANNOTATED
+
 
 def dice(prediction: np.ndarray, truth: np.ndarray, value: int) -> float:
-    """Dice coefficient of one label value; 1.0 when both maps lack the label."""
+    """Dice coefficient of one label value; 1.0 when both maps lack the label.
+
+    Voxels the truth leaves :data:`~activelabel.labelmap.NOT_ANNOTATED` (a partial label) are
+    left out of both maps.
+    """
     if prediction.shape != truth.shape:
         raise ValueError(f"shapes differ: prediction {prediction.shape} vs truth {truth.shape}")
-    pred = np.asarray(prediction) == value
-    true = np.asarray(truth) == value
+    truth = np.asarray(truth)
+    annotated = truth != NOT_ANNOTATED
+    pred = (np.asarray(prediction) == value) & annotated
+    true = truth == value
     total = int(pred.sum()) + int(true.sum())
     if total == 0:
         return 1.0

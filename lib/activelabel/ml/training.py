@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import CacheDataset
-from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.losses import DeepSupervisionLoss
 from torch import nn
 
 from activelabel.labelmap import LabelMap
 from activelabel.ml.inference import predict_probabilities, sliding_window
+from activelabel.ml.losses import PartialDiceCELoss
 from activelabel.ml.metrics import dice_per_label, mean_dice
 from activelabel.ml.networks import network_outputs
 from activelabel.ml.transforms import Preset, augmentation_transforms, evaluation_transforms
@@ -266,10 +267,10 @@ def train_network(
     network.to(device)
     optimizer = make_optimizer(network, options)
     # nnU-Net's loss: Dice over the foreground channels only, pooled over the batch (so a patch
-    # without a structure does not count as a perfect or a failed Dice of its own), plus CE.
-    # Deep-supervision heads (a DynUNet's) weigh 1, 1/2, 1/4, ...; one head is the plain loss.
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-    loss_function = DeepSupervisionLoss(dice_ce, weight_mode="exp")
+    # without a structure does not count as a perfect or a failed Dice of its own), plus CE;
+    # voxels a partial label leaves unannotated count in neither.  Deep-supervision heads (a
+    # DynUNet's) weigh 1, 1/2, 1/4, ...; one head is the plain loss.
+    loss_function = DeepSupervisionLoss(PartialDiceCELoss(), weight_mode="exp")
     steps_per_epoch = options.steps_per_epoch or len(train_volumes)
     total_steps = options.max_epochs * steps_per_epoch
     validation_mirror = tuple(options.mirror_axes) if options.test_time_mirroring else ()

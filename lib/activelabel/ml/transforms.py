@@ -18,6 +18,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import (
     Compose,
+    DeleteItemsd,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
@@ -38,7 +39,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
-from activelabel.labelmap import LabelMap
+from activelabel.labelmap import NOT_ANNOTATED, LabelMap
 
 
 class Modality(str, Enum):
@@ -182,6 +183,30 @@ def evaluation_transforms(preset: Preset, labels: LabelMap) -> Compose:
     return Compose(load_transforms(preset, labels=labels))
 
 
+class AnnotatedIndicesd(MapTransform):
+    """Flat indices of annotated foreground and annotated background voxels, for patch centres.
+
+    Patches are centred only on voxels someone annotated: a label voxel (foreground) or a
+    background voxel (0).  Voxels a partial label leaves :data:`NOT_ANNOTATED` centre no
+    patch; a fully annotated label gives MONAI's own foreground/background split.
+    """
+
+    FOREGROUND = "label_fg_indices"
+    BACKGROUND = "label_bg_indices"
+
+    def __init__(self, *, label_key: str = "label") -> None:
+        super().__init__(keys=label_key)
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        label = d[self.label_key]
+        flat = (label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label))[0].ravel()
+        d[self.FOREGROUND] = np.flatnonzero((flat > 0) & (flat != NOT_ANNOTATED))
+        d[self.BACKGROUND] = np.flatnonzero(flat == 0)
+        return d
+
+
 def augmentation_transforms(
     preset: Preset,
     *,
@@ -204,6 +229,7 @@ def augmentation_transforms(
     keys = ("image", "label")
     transforms: list[MapTransform] = [
         SpatialPadd(keys=keys, spatial_size=preset.roi_size),
+        AnnotatedIndicesd(label_key="label"),
         RandCropByPosNegLabeld(
             keys=keys,
             label_key="label",
@@ -211,8 +237,11 @@ def augmentation_transforms(
             pos=foreground_share,
             neg=1.0 - foreground_share,
             num_samples=samples_per_volume,
+            fg_indices_key=AnnotatedIndicesd.FOREGROUND,
+            bg_indices_key=AnnotatedIndicesd.BACKGROUND,
             allow_smaller=True,
         ),
+        DeleteItemsd(keys=(AnnotatedIndicesd.FOREGROUND, AnnotatedIndicesd.BACKGROUND)),
     ]
     if affine:
         angle = np.deg2rad(15.0)

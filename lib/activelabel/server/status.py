@@ -10,7 +10,7 @@ from activelabel.ml.checkpoints import ModelStore
 from activelabel.scoring.triage import auto_label_triage
 from activelabel.server.stop_rule import StopRule, signals_from_submissions
 from activelabel.store.audit import AuditLog, auto_version
-from activelabel.store.label_versions import AUTO_TAG, LabelVersionStore
+from activelabel.store.label_versions import AUTO_TAG, FINAL_TAG, LabelVersionStore
 from activelabel.store.scores import ScoreStore
 from activelabel.store.submissions import SubmissionLog
 
@@ -40,6 +40,8 @@ def project_status(
     model's validation volumes) count as ``sent_back``; ``expected_accuracy`` is the share of
     calibration volumes above the threshold that passed the audit mark.  With ``readers`` > 1,
     ``readers`` reports volumes awaiting more readers and the inter-reader Dice of consensus labels.
+    ``slices`` counts the axial slices annotated in the final labels the server stored (partial
+    labels annotate only some), out of the slices of those volumes.
     """
     sync = getattr(datastore, "sync", None)
     if callable(sync):
@@ -60,6 +62,8 @@ def project_status(
     triage = {image_id: auto_label_triage(datastore, image_id, tag=AUTO_TAG) for image_id in live}
     auto = [image_id for image_id in live if triage[image_id].accepted]
     calibration = (model.calibration if model else None) or {}
+    coverage = [datastore.get_label_info(image_id, FINAL_TAG) or {} for image_id in labeled]
+    recorded = [info for info in coverage if isinstance(info.get("annotated_slices"), list)]
     audit = audits.summary() if audits else None
     in_use = len(auto) + (audit.accepted if audit else 0)
     log = submissions.all()
@@ -72,6 +76,12 @@ def project_status(
             "labeled": len(labeled),
             "unlabeled": len(unlabeled),
             "labeled_fraction": len(labeled) / len(images) if images else 0.0,
+            "partially_labeled": sum(bool(info.get("partial")) for info in recorded),
+        },
+        "slices": {
+            "annotated": sum(len(info["annotated_slices"]) for info in recorded),
+            "in_labeled_volumes": sum(int(info.get("slices") or 0) for info in recorded),
+            "labels_counted": len(recorded),
         },
         "model": {
             "version": model.version if model else None,

@@ -123,5 +123,9 @@ class LeasedDatastoreView:
             self._check = unlabeled_check(self._datastore)
         return image_id not in self._excluded and self._check(image_id)
 
+    def is_available(self, image_id: str) -> bool:
+        """Whether ``image_id`` is not leased to another client (labeled or not)."""
+        return image_id not in self._excluded
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._datastore, name)

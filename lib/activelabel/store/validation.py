@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
 from activelabel.errors import ActiveLabelError
-from activelabel.labelmap import LabelMap
+from activelabel.labelmap import NOT_ANNOTATED, LabelMap, annotated_slices
 
 # Geometry tolerances: spacing/direction are relative, origin is in fractions of a voxel.
 _SPACING_RTOL = 1e-4
@@ -141,8 +142,45 @@ def check_label_values(values: np.ndarray, labels: LabelMap) -> None:
         raise InputRejected(f"label values {unknown} are not among the app's labels (0 background, {known})")
 
 
-def check_label(label_path: str | Path, image_path: str | Path, labels: LabelMap) -> None:
-    """A label upload must be readable, on its image's grid and hold only known values."""
+@dataclass(frozen=True)
+class LabelCoverage:
+    """Which slices of a label someone annotated (see :data:`~activelabel.labelmap.NOT_ANNOTATED`).
+
+    Attributes:
+        partial: some voxels are not annotated.
+        axis: the voxel axis (0, 1, 2 in the file's i, j, k order) closest to the patient's
+            superior-inferior axis: slices across it are axial.
+        slices: slices along ``axis``.
+        annotated_slices: indices of the slices with at least one annotated voxel.
+    """
+
+    partial: bool
+    axis: int
+    slices: int
+    annotated_slices: tuple[int, ...]
+
+    def to_info(self) -> dict[str, Any]:
+        """The fields stored with a label (its info and version details)."""
+        return {
+            "partial": self.partial,
+            "slice_axis": self.axis,
+            "slices": self.slices,
+            "annotated_slices": list(self.annotated_slices),
+        }
+
+
+def axial_axis(geometry: Geometry) -> int:
+    """The voxel axis whose direction is closest to the world's superior-inferior axis."""
+    direction = np.asarray(geometry.direction, dtype=np.float64).reshape(len(geometry.size), len(geometry.size))
+    return int(np.argmax(np.abs(direction[2, :3])))
+
+
+def check_label(label_path: str | Path, image_path: str | Path, labels: LabelMap) -> LabelCoverage:
+    """A label upload must be readable, on its image's grid, hold only known values and annotate something.
+
+    Returns:
+        Which axial slices it annotates (all of them unless it is a partial label).
+    """
     label_geometry = read_geometry(label_path, what="label")
     check_volume(label_geometry, what="label")
     check_same_grid(label_geometry, read_geometry(image_path, what="stored image"))
@@ -150,14 +188,19 @@ def check_label(label_path: str | Path, image_path: str | Path, labels: LabelMap
     if values.ndim != 3:
         raise InputRejected("the label must have a single component per voxel")
     check_label_values(values, labels)
+    axis = axial_axis(label_geometry)
+    annotated = annotated_slices(values, axis=axis)
+    if not annotated:
+        raise InputRejected(f"the label annotates no voxel: every voxel is {NOT_ANNOTATED} (not annotated)")
+    return LabelCoverage(bool(np.any(values == NOT_ANNOTATED)), axis, int(values.shape[axis]), tuple(annotated))
 
 
 def _read_values(path: str | Path, *, what: str = "label") -> np.ndarray:
-    """Voxel values as training will see them (nibabel for NIfTI, as MONAI reads it)."""
+    """Voxel values as training will see them (nibabel for NIfTI, as MONAI reads it), in (i, j, k) order."""
     name = str(path).lower()
     try:
         if name.endswith((".nii", ".nii.gz")):
             return np.asanyarray(nib.load(str(path)).dataobj)
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).transpose()
     except (RuntimeError, OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError):
         raise InputRejected(f"the {what} file is truncated or corrupt", status=415) from None

@@ -26,6 +26,7 @@ from .conversions import (
     to_slicer_order,
 )
 from .errors import ActiveLabelError
+from .slices import SliceQueue, keep_slices
 
 _TEMP = "__activelabel_temp__"
 
@@ -162,12 +163,16 @@ def write_label_file(
     label_names: Mapping[str, int],
     path: str | Path,
     target: VolumeGeometry | None = None,
+    slices: SliceQueue | None = None,
 ) -> Path:
     """Export the segmentation as one label map and write it.
 
     The label lies on ``target`` (the grid the image file declares, see
     :func:`~ActiveLabelLib.conversions.nifti_geometry`) when given, else on the reference
     volume's grid; the two differ when ITK reordered a left-handed NIfTI grid on reading.
+    With ``slices`` (indices along a voxel axis of the image file) only those slices are
+    annotated; every other voxel is written as
+    :data:`~ActiveLabelLib.slices.NOT_ANNOTATED`.
     """
     source = volume_geometry(reference)
     label_map = compose_label_map(
@@ -180,6 +185,8 @@ def write_label_file(
         else:
             label_map = to_slicer_order(reorient(label_map, source=source, target=target))
             labels.SetIJKToRASMatrix(_vtk_matrix(target.ijk_to_ras))
+        if slices is not None:  # the array is in Slicer's (k, j, i) order: NIfTI axis a is 2 - a
+            label_map = keep_slices(label_map, axis=2 - slices.axis, slices=slices.slices)
         updateVolumeFromArray(labels, np.ascontiguousarray(label_map))
         return write_volume(scene, labels, path)
     finally:

@@ -49,7 +49,9 @@ def panel_view(
         "timeLabel": format_duration(seconds_on_sample) if has_sample else "",
         "submissionLabel": last_submission.text if last_submission else "",
         "taskLabel": task.text if task else "",
+        "sliceLabel": sample.slice_queue.text if sample and sample.slice_queue else "whole volume",
     }
+    queue = sample.slice_queue if sample else None
     enabled = {
         "connectButton": not busy,
         "strategyComboBox": connected,
@@ -61,6 +63,8 @@ def panel_view(
         "stopTrainingButton": connected and task_running and task is not None and task.kind == "train",
         "scoreButton": connected and not busy and not task_running and bool(summary and summary.scoring_methods),
         "uncertaintyMapCheckBox": connected and not busy,
+        "previousSliceButton": queue is not None and queue.position > 0,
+        "nextSliceButton": queue is not None and queue.position < len(queue.slices) - 1,
     }
     return PanelView(texts=texts, enabled=enabled)
 

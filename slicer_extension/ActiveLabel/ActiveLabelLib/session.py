@@ -16,6 +16,7 @@ from typing import Any
 from .client import ActiveLabelClient
 from .errors import ActiveLabelError
 from .multipart import FilePart
+from .slices import SliceQueue
 
 FALLBACK_STRATEGY = "random"
 """Asked when the chosen strategy offers an image this user skipped (the server has no exclusion list)."""
@@ -116,6 +117,8 @@ class Sample:
     ranked: int | None = None
     metric: str | None = None
     note: str = ""
+    slice_queue: SliceQueue | None = None
+    """The slices to draw, when the strategy asked for slices rather than the whole volume."""
 
     @property
     def uncertainty_text(self) -> str:
@@ -292,6 +295,7 @@ class LabelingSession:
             ranked=_integer(answer.get("ranked")),
             metric=answer.get("metric"),
             note=note or str(answer.get("fallback") or ""),
+            slice_queue=_slice_queue(answer),
         )
         self.presegmentation = None
         self._started_at = self.clock()
@@ -410,6 +414,19 @@ class LabelingSession:
         path = self.workdir / name
         path.write_bytes(content)
         return path
+
+
+def _slice_queue(answer: Mapping[str, Any]) -> SliceQueue | None:
+    """The slices an ``uncertain_slices`` answer names (``None`` for a whole-volume sample)."""
+    slices = answer.get("slices")
+    if not slices:
+        return None
+    axis = _integer(answer.get("axis"))
+    if axis is None or not all(isinstance(s, int) and not isinstance(s, bool) for s in slices):
+        raise ActiveLabelError(
+            f"the server's slice answer is malformed: axis {answer.get('axis')!r}, slices {slices!r}"
+        )
+    return SliceQueue(axis=axis, slices=tuple(slices))
 
 
 def format_duration(seconds: float) -> str:

@@ -18,7 +18,10 @@ _caches: dict[int, UncertaintyMapCache] = {}
 
 
 def _cache(instance: Any) -> UncertaintyMapCache:
-    """One map cache per served app, in ``<state_dir>/uncertainty-maps``."""
+    """The served app's map cache, shared with ``uncertain_slices`` (``<state_dir>/uncertainty-maps``)."""
+    shared = getattr(instance, "uncertainty_maps", None)
+    if isinstance(shared, UncertaintyMapCache):
+        return shared
     cache = _caches.get(id(instance))
     if cache is None:
         settings = instance.settings
