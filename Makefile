@@ -6,6 +6,7 @@
 #                  Ray scoring, cheap uncertainty, task start-up, CT memory); each prints figures and writes bench/results/*.json
 #   make bench-al  install and run, on the hippocampus MRI, the trainer's learning curve (bench/model_recipe.py)
 #                  and the active-learning comparison (bench/al_hippocampus.py); both resume from their caches
+#   make bench-sparse  sparse annotation on the hippocampus: asked-for slices vs whole volumes (bench/sparse_hippocampus.py)
 #   make lint      ruff check + ruff format --check
 #   make pacs      install Orthanc (apt) if missing, start it on 127.0.0.1:8042 and load the sample DICOM
 #   make pacs-stop stop that Orthanc
@@ -22,7 +23,7 @@ PACS_PORT ?= 8042
 DICOM ?= sample-data/dicom
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install serve test bench bench-al lint format sample-data clean pacs pacs-stop orthanc-deps chromium-deps
+.PHONY: install serve test bench bench-al bench-sparse lint format sample-data clean pacs pacs-stop orthanc-deps chromium-deps
 
 install: $(STAMP)
 
@@ -91,6 +92,9 @@ DEVICE ?= cpu
 bench-al: install
 	$(PY) bench/model_recipe.py --device $(DEVICE)
 	$(PY) bench/al_hippocampus.py --device $(DEVICE)
+
+bench-sparse: install
+	$(PY) bench/sparse_hippocampus.py --device $(DEVICE)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -39,6 +39,7 @@ from activelabel.commands.simulate import pair_cases
 from activelabel.config import Settings, load_settings
 from activelabel.server.stop_rule import RoundSignals, StopRule, replay
 from activelabel.simulation.loop import FULL_DATA, SimulationConfig, load_cached, simulate
+from activelabel.simulation.sparse import simulate_slices
 from activelabel.testing.datasets import MSD_HIPPOCAMPUS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,14 +244,18 @@ def run_cached(
 ) -> dict[str, Any]:
     """One simulation, read from the run cache when the same settings already ran."""
     options = {k: getattr(v, "value", v) for k, v in asdict(settings.train_options(seed=config.seed)).items()}
-    key = json.dumps(
-        {"config": asdict(config), "network": settings.network.to_dict(), "train": options}, sort_keys=True
-    )
-    path = RUNS / f"{config.strategy}-seed{config.seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    fields = asdict(config)
+    if config.unit == "volumes":  # whole-volume runs keep the keys they had before slices existed
+        fields.pop("unit")
+        fields.pop("slices_per_volume")
+    key = json.dumps({"config": fields, "network": settings.network.to_dict(), "train": options}, sort_keys=True)
+    unit = "" if config.unit == "volumes" else "slices-"
+    path = RUNS / f"{unit}{config.strategy}-seed{config.seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     if path.is_file():
         return json.loads(path.read_text())
     started = time.perf_counter()
-    result = simulate(
+    run = simulate_slices if config.unit == "slices" else simulate
+    result = run(
         images,
         truths,
         labels=settings.labels,

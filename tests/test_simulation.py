@@ -7,14 +7,17 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from activelabel.cli import main
 from activelabel.config import load_settings
 from activelabel.data.phantoms import generate_datastore
 from activelabel.errors import ConfigError
+from activelabel.labelmap import NOT_ANNOTATED
 from activelabel.ml.training import epoch_order
 from activelabel.simulation.loop import Simulation, SimulationConfig, preprocess, split_cases
+from activelabel.simulation.sparse import SparseSimulation
 
 # The cheaper UNet keeps these end-to-end runs short; the default DynUNet is covered by
 # test_training, test_decoder_dropout and test_server.
@@ -57,7 +60,8 @@ def _simulation(dataset: dict[str, Any], tmp_path: Path, config: SimulationConfi
         config=config,
         work_dir=tmp_path,
         volumes=dataset["volumes"],
-        train_options=settings.train_options(seed=0),
+        # Rounds replace the cap with their own; the full-data reference trains this one.
+        train_options=settings.train_options(seed=0, max_epochs=2, steps_per_epoch=3, patience=None),
     )
 
 
@@ -143,6 +147,9 @@ def test_simulate_command_writes_results(dataset: dict[str, Any], tmp_path: Path
         args += ["--conf", key, value]
     assert main([*args, "--out", str(out)]) == 0
     assert json.loads(out.read_text())["config"]["strategy"] == "random"
+    sparse = tmp_path / "sparse.json"
+    assert main([*args, "--unit", "slices", "--slices-per-volume", "2", "--out", str(sparse)]) == 0
+    assert json.loads(sparse.read_text())["rounds"][-1]["annotated_slices"] == 8
 
 
 def test_simulate_command_reports_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -184,3 +191,53 @@ def test_diverse_cold_start_picks_distinct_pool_volumes_spread_in_feature_space(
     assert set(picked) <= set(simulation.pool)
     with pytest.raises(ConfigError, match="cold_start must be"):
         SimulationConfig(strategy="random", cold_start="kmeans")
+
+
+def test_slice_runs_annotate_only_the_asked_slices_and_train_on_them(dataset: dict[str, Any], tmp_path: Path) -> None:
+    settings = dataset["settings"]
+    results = {}
+    for strategy in ("random", "mutual_information"):
+        config = SimulationConfig(
+            strategy=strategy,
+            initial=2,
+            per_round=2,
+            rounds=2,
+            epochs_per_round=1,
+            steps_per_epoch=3,
+            mc_samples=2,
+            test_fraction=0.25,
+            unit="slices",
+            slices_per_volume=3,
+        )
+        simulation = SparseSimulation(
+            dataset["images"],
+            dataset["truths"],
+            labels=settings.labels,
+            preset=settings.preset,
+            spec=settings.network,
+            config=config,
+            work_dir=tmp_path / strategy,
+            volumes=dataset["volumes"],
+            train_options=settings.train_options(seed=0),
+        )
+        results[strategy] = result = simulation.run(progress=False)
+        slices = [r["annotated_slices"] for r in result["rounds"]]
+        assert slices == [6, 12, 18]  # 2 volumes x 3 slices per round, never an annotated slice twice
+        assert all(len(s) == len(set(s)) for s in result["annotated"].values())
+        assert not set(result["annotated"]) & set(result["test"])
+        assert result["rounds"][-1]["annotated_slice_fraction"] == pytest.approx(18 / result["pool_slices"])
+        case = next(iter(result["annotated"]))
+        label = np.asarray(simulation._training_volume(case)["label"])
+        kept = sorted(set(np.flatnonzero((label != NOT_ANNOTATED).any(axis=(0, 1, 2))).tolist()))
+        assert kept == result["annotated"][case]
+    with pytest.raises(ConfigError, match="does not pick slices"):
+        SparseSimulation(
+            dataset["images"],
+            dataset["truths"],
+            labels=settings.labels,
+            preset=settings.preset,
+            spec=settings.network,
+            config=SimulationConfig(strategy="diverse", unit="slices", test_fraction=0.25),
+            work_dir=tmp_path / "diverse",
+            volumes=dataset["volumes"],
+        )

@@ -10,6 +10,7 @@ from activelabel.errors import UsageError
 from activelabel.fsutil import atomic_write_json
 from activelabel.labelmap import LABELS_FILE
 from activelabel.simulation.loop import STRATEGIES, SimulationConfig, load_cached, preprocess, simulate
+from activelabel.simulation.sparse import simulate_slices
 
 _SUFFIXES = (".nii.gz", ".nii")
 
@@ -64,6 +65,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         audit_threshold=args.audit_threshold,
         patience=args.patience,
         cold_start=args.cold_start,
+        unit=args.unit,
+        slices_per_volume=args.slices_per_volume,
     )
     prepare = {"preset": settings.preset, "labels": settings.labels}
     volumes = (
@@ -71,7 +74,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         if args.cache
         else preprocess(images, truths, **prepare)
     )
-    results = simulate(
+    run = simulate_slices if config.unit == "slices" else simulate
+    results = run(
         images,
         truths,
         labels=settings.labels,
@@ -85,6 +89,12 @@ def run_simulate(args: argparse.Namespace) -> int:
     )
     atomic_write_json(args.out, results)
     summary = results["summary"]
+    if config.unit == "slices":
+        print(
+            f"{config.strategy} slices seed {config.seed}: final test mean Dice {summary['final_test_mean_dice']:.3f} "
+            f"with {summary['annotated_slice_fraction']:.1%} of the pool's slices annotated, wrote {args.out}"
+        )
+        return 0
     print(
         f"{config.strategy} seed {config.seed}: final test mean Dice {summary['final_test_mean_dice']:.3f}, "
         f"stop round {summary['stop_round']}, wrote {args.out}"
@@ -121,6 +131,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="random",
         choices=["random", "diverse"],
         help="how the initial volumes are picked (diverse: farthest-first in feature space)",
+    )
+    parser.add_argument(
+        "--unit",
+        default="volumes",
+        choices=["volumes", "slices"],
+        help="what the expert labels: whole volumes, or only the slices the strategy asks for",
+    )
+    parser.add_argument(
+        "--slices-per-volume", type=int, default=5, help="slices asked for per picked volume (--unit slices)"
     )
     parser.add_argument("--audit-threshold", type=float, default=0.8, help="accept an auto-label at this Dice")
     parser.add_argument("--cache", type=Path, default=None, help="file caching the pre-processed volumes")

@@ -93,6 +93,9 @@ class SimulationConfig:
             quality threshold is calibrated for it.
         label_minutes: expert minutes to label one volume by hand (the effort model).
         audit_seconds: expert seconds to audit one auto-label (the effort model).
+        unit: ``volumes`` (the expert labels whole volumes) or ``slices`` (only the slices
+            the strategy asks for, see :mod:`activelabel.simulation.sparse`).
+        slices_per_volume: slices asked for per picked volume when ``unit`` is ``slices``.
     """
 
     strategy: str
@@ -116,8 +119,14 @@ class SimulationConfig:
     triage_accuracy: float = 0.95
     label_minutes: float = 20.0
     audit_seconds: float = 30.0
+    unit: str = "volumes"
+    slices_per_volume: int = 5
 
     def __post_init__(self) -> None:
+        if self.unit not in ("volumes", "slices"):
+            raise ConfigError(f"unit must be volumes or slices, got {self.unit!r}")
+        if self.slices_per_volume < 1:
+            raise ConfigError(f"slices_per_volume must be >= 1, got {self.slices_per_volume}")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
         for name in ("initial", "per_round", "epochs_per_round", "steps_per_epoch", "mc_samples"):
@@ -265,14 +274,18 @@ class Simulation:
         began = time.perf_counter()
         result = train_network(
             self.network,
-            [self.volumes[c] for c in train_ids],
-            [self.volumes[c] for c in val_ids],
+            [self._training_volume(c) for c in train_ids],
+            [self._training_volume(c) for c in val_ids],
             preset=self.preset,
             labels=self.labels,
             options=options,
             device=self.device,
         )
         return result.val_mean_dice, time.perf_counter() - began
+
+    def _training_volume(self, case: str) -> dict[str, Any]:
+        """What training sees of a labeled case: here its whole truth (partial in :mod:`.sparse`)."""
+        return self.volumes[case]
 
     def _round_options(self, *, epochs: int, round_index: int) -> TrainOptions:
         config = self.config
