@@ -234,6 +234,18 @@ def hippocampus_volumes(
     return images, truths, settings, volumes
 
 
+def run_path(*, settings: Settings, config: SimulationConfig) -> Path:
+    """The cache file of one run: its strategy, seed and a hash of everything that shapes it."""
+    options = {k: getattr(v, "value", v) for k, v in asdict(settings.train_options(seed=config.seed)).items()}
+    fields = asdict(config)
+    if config.unit == "volumes":  # whole-volume runs keep the keys they had before slices existed
+        fields.pop("unit")
+        fields.pop("slices_per_volume")
+    key = json.dumps({"config": fields, "network": settings.network.to_dict(), "train": options}, sort_keys=True)
+    unit = "" if config.unit == "volumes" else "slices-"
+    return RUNS / f"{unit}{config.strategy}-seed{config.seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
 def run_cached(
     images: Mapping[str, Path],
     truths: Mapping[str, Path],
@@ -243,14 +255,7 @@ def run_cached(
     volumes: Mapping[str, dict[str, Any]],
 ) -> dict[str, Any]:
     """One simulation, read from the run cache when the same settings already ran."""
-    options = {k: getattr(v, "value", v) for k, v in asdict(settings.train_options(seed=config.seed)).items()}
-    fields = asdict(config)
-    if config.unit == "volumes":  # whole-volume runs keep the keys they had before slices existed
-        fields.pop("unit")
-        fields.pop("slices_per_volume")
-    key = json.dumps({"config": fields, "network": settings.network.to_dict(), "train": options}, sort_keys=True)
-    unit = "" if config.unit == "volumes" else "slices-"
-    path = RUNS / f"{unit}{config.strategy}-seed{config.seed}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+    path = run_path(settings=settings, config=config)
     if path.is_file():
         return json.loads(path.read_text())
     started = time.perf_counter()
@@ -308,6 +313,11 @@ def main() -> None:
         metavar=("KEY", "VALUE"),
         help="app setting on top of the defaults (the training recipe of every run and of the reference)",
     )
+    parser.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="report the runs already in the cache and train nothing (seeds still missing are left out)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "al-hippocampus.json")
     args = parser.parse_args()
 
@@ -326,6 +336,10 @@ def main() -> None:
     # The longest runs first, so that the two workers finish together.
     configs = [SimulationConfig(strategy=FULL_DATA, seed=seed, **base) for seed in args.full_data_seeds]
     configs += [SimulationConfig(strategy=s, seed=seed, **base) for seed in args.seeds for s in args.strategies]
+    if args.cached_only:
+        configs = [c for c in configs if run_path(settings=settings, config=c).is_file()]
+        if not any(c.strategy == FULL_DATA for c in configs):
+            raise SystemExit("no cached full-data reference: run without --cached-only first")
     began = time.perf_counter()
     results: dict[int, dict[str, Any]] = {}
     bar = tqdm(total=len(configs), desc="al-hippocampus runs", unit="run")
@@ -363,6 +377,8 @@ def main() -> None:
             "threads_per_job": args.threads,
             "device": settings.device,
         },
+        "complete": not args.cached_only
+        or len(configs) == len(args.full_data_seeds) + len(args.seeds) * len(args.strategies),
         "full_data_test_mean_dice": full_dice,
         "target_dice": TARGET * full_dice,
         "summary": summary,

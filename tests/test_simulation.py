@@ -49,9 +49,11 @@ def _simulate(dataset: dict[str, Any], tmp_path: Path, strategy: str) -> dict[st
     return _simulation(dataset, tmp_path, config).run(progress=False)
 
 
-def _simulation(dataset: dict[str, Any], tmp_path: Path, config: SimulationConfig) -> Simulation:
+def _simulation(
+    dataset: dict[str, Any], tmp_path: Path, config: SimulationConfig, *, kind: type[Simulation] = Simulation
+) -> Simulation:
     settings = dataset["settings"]
-    return Simulation(
+    return kind(
         dataset["images"],
         dataset["truths"],
         labels=settings.labels,
@@ -194,8 +196,6 @@ def test_diverse_cold_start_picks_distinct_pool_volumes_spread_in_feature_space(
 
 
 def test_slice_runs_annotate_only_the_asked_slices_and_train_on_them(dataset: dict[str, Any], tmp_path: Path) -> None:
-    settings = dataset["settings"]
-    results = {}
     for strategy in ("random", "mutual_information"):
         config = SimulationConfig(
             strategy=strategy,
@@ -209,18 +209,8 @@ def test_slice_runs_annotate_only_the_asked_slices_and_train_on_them(dataset: di
             unit="slices",
             slices_per_volume=3,
         )
-        simulation = SparseSimulation(
-            dataset["images"],
-            dataset["truths"],
-            labels=settings.labels,
-            preset=settings.preset,
-            spec=settings.network,
-            config=config,
-            work_dir=tmp_path / strategy,
-            volumes=dataset["volumes"],
-            train_options=settings.train_options(seed=0),
-        )
-        results[strategy] = result = simulation.run(progress=False)
+        simulation = _simulation(dataset, tmp_path / strategy, config, kind=SparseSimulation)
+        result = simulation.run(progress=False)
         slices = [r["annotated_slices"] for r in result["rounds"]]
         assert slices == [6, 12, 18]  # 2 volumes x 3 slices per round, never an annotated slice twice
         assert all(len(s) == len(set(s)) for s in result["annotated"].values())
@@ -230,14 +220,6 @@ def test_slice_runs_annotate_only_the_asked_slices_and_train_on_them(dataset: di
         label = np.asarray(simulation._training_volume(case)["label"])
         kept = sorted(set(np.flatnonzero((label != NOT_ANNOTATED).any(axis=(0, 1, 2))).tolist()))
         assert kept == result["annotated"][case]
+    diverse = SimulationConfig(strategy="diverse", unit="slices", test_fraction=0.25)
     with pytest.raises(ConfigError, match="does not pick slices"):
-        SparseSimulation(
-            dataset["images"],
-            dataset["truths"],
-            labels=settings.labels,
-            preset=settings.preset,
-            spec=settings.network,
-            config=SimulationConfig(strategy="diverse", unit="slices", test_fraction=0.25),
-            work_dir=tmp_path / "diverse",
-            volumes=dataset["volumes"],
-        )
+        _simulation(dataset, tmp_path / "diverse", diverse, kind=SparseSimulation)
