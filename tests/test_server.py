@@ -57,7 +57,14 @@ def test_info_lists_model_trainer_scorer_and_strategies(client: MONAILabelClient
 
 def test_status_reports_labeled_total_model_and_scores(server: ServerProcess) -> None:
     status = _status(server)
-    assert status["images"] == {"total": 6, "labeled": 2, "unlabeled": 4, "labeled_fraction": pytest.approx(2 / 6)}
+    assert status["images"] == {
+        "total": 6,
+        "labeled": 2,
+        "unlabeled": 4,
+        "labeled_fraction": pytest.approx(2 / 6),
+        "partially_labeled": 0,
+    }
+    assert status["slices"]["annotated"] == 0  # the two labels came with the studies, not through the server
     assert status["model"]["version"] == 0
     assert status["model"]["trained"] is False
     assert status["scores"] == {"fresh": 0, "stale": 0, "unscored": 4}
