@@ -63,7 +63,7 @@ def project_status(
     auto = [image_id for image_id in live if triage[image_id].accepted]
     calibration = (model.calibration if model else None) or {}
     coverage = [datastore.get_label_info(image_id, FINAL_TAG) or {} for image_id in labeled]
-    recorded = [info for info in coverage if isinstance(info.get("annotated_slices"), list)]
+    recorded = [info for info in coverage if isinstance(info.get("slices"), int)]
     audit = audits.summary() if audits else None
     in_use = len(auto) + (audit.accepted if audit else 0)
     log = submissions.all()
@@ -79,7 +79,9 @@ def project_status(
             "partially_labeled": sum(bool(info.get("partial")) for info in recorded),
         },
         "slices": {
-            "annotated": sum(len(info["annotated_slices"]) for info in recorded),
+            "annotated": sum(
+                len(info.get("annotated_slices") or []) if info.get("partial") else info["slices"] for info in recorded
+            ),
             "in_labeled_volumes": sum(int(info.get("slices") or 0) for info in recorded),
             "labels_counted": len(recorded),
         },

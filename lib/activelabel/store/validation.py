@@ -160,13 +160,11 @@ class LabelCoverage:
     annotated_slices: tuple[int, ...]
 
     def to_info(self) -> dict[str, Any]:
-        """The fields stored with a label (its info and version details)."""
-        return {
-            "partial": self.partial,
-            "slice_axis": self.axis,
-            "slices": self.slices,
-            "annotated_slices": list(self.annotated_slices),
-        }
+        """The fields stored with a label (its info and version details); the slice list only when partial."""
+        info: dict[str, Any] = {"partial": self.partial, "slice_axis": self.axis, "slices": self.slices}
+        if self.partial:
+            info["annotated_slices"] = list(self.annotated_slices)
+        return info
 
 
 def axial_axis(geometry: Geometry) -> int:
