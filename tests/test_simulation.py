@@ -35,17 +35,20 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "images": images, "truths": truths, "settings": settings, "volumes": volumes}
 
 
+TINY_RUN = {
+    "initial": 2,
+    "per_round": 2,
+    "rounds": 2,
+    "epochs_per_round": 1,
+    "steps_per_epoch": 3,
+    "mc_samples": 2,
+    "test_fraction": 0.25,
+}
+"""Two short rounds on nine pool volumes (three held out for testing)."""
+
+
 def _simulate(dataset: dict[str, Any], tmp_path: Path, strategy: str) -> dict[str, Any]:
-    config = SimulationConfig(
-        strategy=strategy,
-        initial=2,
-        per_round=2,
-        rounds=2,
-        epochs_per_round=1,
-        steps_per_epoch=3,
-        mc_samples=2,
-        test_fraction=0.25,
-    )
+    config = SimulationConfig(strategy=strategy, **TINY_RUN)
     return _simulation(dataset, tmp_path, config).run(progress=False)
 
 
@@ -197,18 +200,7 @@ def test_diverse_cold_start_picks_distinct_pool_volumes_spread_in_feature_space(
 
 def test_slice_runs_annotate_only_the_asked_slices_and_train_on_them(dataset: dict[str, Any], tmp_path: Path) -> None:
     for strategy in ("random", "mutual_information"):
-        config = SimulationConfig(
-            strategy=strategy,
-            initial=2,
-            per_round=2,
-            rounds=2,
-            epochs_per_round=1,
-            steps_per_epoch=3,
-            mc_samples=2,
-            test_fraction=0.25,
-            unit="slices",
-            slices_per_volume=3,
-        )
+        config = SimulationConfig(strategy=strategy, unit="slices", slices_per_volume=3, **TINY_RUN)
         simulation = _simulation(dataset, tmp_path / strategy, config, kind=SparseSimulation)
         result = simulation.run(progress=False)
         slices = [r["annotated_slices"] for r in result["rounds"]]
