@@ -93,10 +93,10 @@ class SegmentationInfer(BasicInferTask):
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
         label, result = super().__call__(request, callbacks)
         if request.get("label_tag") == AUTO_TAG and label is not None:
-            result = {**(result or {}), **self._triage(request, result or {})}
+            result = {**(result or {}), **self._triage(request)}
         return label, result
 
-    def _triage(self, request: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    def _triage(self, request: dict[str, Any]) -> dict[str, Any]:
         """An auto-label's predicted quality and the triage decision it gets from the model's calibration.
 
         The quality is the volume's MC-dropout sample agreement under the model that made the
@@ -104,8 +104,9 @@ class SegmentationInfer(BasicInferTask):
         computed here (and stored) otherwise.
         """
         settings = self.settings
-        published = self._loaded.setdefault(settings.device, PublishedModel(self.store, device=settings.device))
-        network, info = published.get()
+        if settings.device not in self._loaded:
+            self._loaded[settings.device] = PublishedModel(self.store, device=settings.device)
+        network, info = self._loaded[settings.device].get()
         image_id = request.get("_image_id")
         scores = ScoreStore(settings.scores_path)
         stored = scores.get(image_id) if image_id else None
