@@ -26,6 +26,8 @@ FAST_CONF = {
     "mc_samples": "2",
     "samples_per_volume": "1",
     "retrain_after": "0",
+    "presegment_refresh": "2",
+    "rescore_after_training": "false",
 }
 
 

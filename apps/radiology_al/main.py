@@ -32,6 +32,7 @@ from activelabel.store.audit import AuditLog
 from activelabel.store.identifiers import check_local_source, check_name
 from activelabel.store.label_versions import LabelVersionStore
 from activelabel.store.leases import LeasedDatastoreView, LeaseStore
+from activelabel.store.presegmentations import PresegmentationStore
 from activelabel.store.scores import ScoreStore
 from activelabel.store.submissions import SubmissionLog, label_agreement
 from activelabel.store.validation import InputRejected
@@ -41,9 +42,10 @@ from activelabel.strategies.foreground_random import ForegroundRandom
 from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
 from activelabel.strategies.uncertain_slices import UncertainSlices
-from activelabel.tasks.infer import SegmentationInfer
+from activelabel.tasks.infer import REQUEST_IMAGE_ID, SegmentationInfer
 from activelabel.tasks.scoring import EpistemicScoring
 from activelabel.tasks.train import SegmentationTrainer
+from activelabel.workers.compute import ComputePool
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             self.settings.label_versions_dir, index=self.settings.label_versions_path
         )
         self.audits = AuditLog(self.settings.audits_path)
+        self.presegmentations = PresegmentationStore(self.settings.presegmentations_dir)
+        self.compute = ComputePool(workers=self.settings.infer_workers, queue=self.settings.infer_queue)
         self.uncertainty_maps = UncertaintyMapCache(
             self.settings.state_dir / "uncertainty-maps",
             model=PublishedModel(self.model_store, device=self.settings.device),
@@ -106,6 +110,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         self.leases.release(image_id)
         if self._datastore.has_label(image_id):  # labeled (all readers in): no longer a candidate
             self.score_store.forget(image_id)
+            self.presegmentations.forget(image_id)
         model = self.model_store.info()
         seconds = info.get("seconds_spent")
         entry = self.submissions.add(
@@ -121,6 +126,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             answer["readers"] = info["readers"]
         self._last_submission[image_id] = answer
         self._maybe_retrain()
+        self._maybe_rescore()
 
     def after_audit(self, image_id: str) -> None:
         """An audit verdict ends the reviewer's lease; an accepted or corrected label may start training."""
@@ -140,6 +146,24 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         if new_labels >= self.settings.retrain_after:
             logger.info("%d new labels since the model was trained: starting training", new_labels)
             self.async_training(MODEL)
+
+    def _maybe_rescore(self) -> None:
+        """Start scoring when unlabeled volumes' scores are from an older model and no task is pending.
+
+        The training run refreshed only the head of the ranking; this brings the rest of the pool
+        (and its pre-segmentations) to the new model, most uncertain first, at the tasks' lower
+        CPU priority.
+        """
+        if not self.settings.rescore_after_training or not self._server_mode:
+            return
+        if task_pending("train") or task_pending("scoring"):
+            return
+        model = self.model_store.info()
+        if model is None:
+            return
+        if self.score_store.freshness(self._datastore.get_unlabeled_images(), model.version).stale:
+            logger.info("scores older than model version %d: starting scoring", model.version)
+            self.async_scoring("epistemic")
 
     def on_save_label(self, image_id: str, label_id: str) -> dict[str, Any]:
         """The response to a label upload: its agreement with the pre-segmentation, its version, readers."""
@@ -172,9 +196,16 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         return result
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
-        """MONAI Label's infer; over HTTP the image must be a datastore id, an upload or a datastore file."""
-        if self._server_mode and isinstance(request.get("image"), str):
-            self._check_infer_image(request["image"], datastore or self._datastore)
+        """MONAI Label's infer; over HTTP the image must be a datastore id, an upload or a datastore file.
+
+        A datastore id is kept in the request (MONAI Label replaces it by the image's path), so
+        the infer task can serve the image's pre-segmentation.
+        """
+        image = request.get("image")
+        if self._server_mode and isinstance(image, str):
+            self._check_infer_image(image, datastore or self._datastore)
+        if isinstance(image, str) and image and not os.path.exists(image):
+            request = {REQUEST_IMAGE_ID: image, **request}
         return super().infer(request, datastore)
 
     def _check_infer_image(self, image: str, datastore: Datastore) -> None:
@@ -193,7 +224,14 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
 
     def init_infers(self) -> dict[str, InferTask]:
-        return {MODEL: SegmentationInfer(settings=self.settings, store=self.model_store)}
+        return {
+            MODEL: SegmentationInfer(
+                settings=self.settings,
+                store=self.model_store,
+                presegmentations=self.presegmentations,
+                compute=self.compute,
+            )
+        }
 
     def init_trainers(self) -> dict[str, TrainTask]:
         return {MODEL: SegmentationTrainer(settings=self.settings, store=self.model_store)}
@@ -201,7 +239,10 @@ class RadiologyActiveLabelApp(MONAILabelApp):
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         return {
             "epistemic": EpistemicScoring(
-                settings=self.settings, model_store=self.model_store, score_store=self.score_store
+                settings=self.settings,
+                model_store=self.model_store,
+                score_store=self.score_store,
+                presegmentations=self.presegmentations,
             )
         }
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from activelabel.commands import autolabel, cost, data, pacs, score, serve, simulate, users
+from activelabel.commands import autolabel, cost, data, pacs, score, serve, simulate, status, users
 from activelabel.errors import ActiveLabelError
 
 USAGE_ERROR = 2
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``activelabel`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="activelabel", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (serve, data, pacs, simulate, autolabel, cost, users, score):
+    for command in (serve, data, pacs, simulate, autolabel, cost, users, score, status):
         command.register(subparsers)
     return parser
 

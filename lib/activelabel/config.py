@@ -260,6 +260,29 @@ KEYS: dict[str, Key] = {
         "scoring workers: local processes when above 1, or Ray tasks at once with ray_address "
         "(default: 1 locally, scoring inside the scoring task; one per cluster CPU on Ray)",
     ),
+    "presegment": Key(
+        "true",
+        _bool,
+        "keep the label of each scored volume's mean prediction, so pre-segmentations are served without a "
+        "network pass",
+    ),
+    "presegment_refresh": Key(
+        "8",
+        _non_negative_int,
+        "after each new model, re-score at least this many top candidates (and twice the clinicians holding a lease)",
+    ),
+    "rescore_after_training": Key(
+        "true",
+        _bool,
+        "score the unlabeled volumes again (most uncertain first) once a new model is published and a label arrives",
+    ),
+    "infer_workers": Key("1", _positive_int, "network passes of interactive requests run at once"),
+    "infer_queue": Key(
+        "4", _non_negative_int, "interactive network passes that may wait for a worker; beyond that: 503 Retry-After"
+    ),
+    "task_niceness": Key(
+        "10", _non_negative_int, "how much lower the CPU priority of training, scoring and batch tasks is (nice)"
+    ),
     "mc_mode": Key(
         "bottleneck",
         McMode.parse,
@@ -310,6 +333,12 @@ class Settings:
     bf16: bool = False
     audit_dice: float = 0.8
     triage_accuracy: float = 0.95
+    presegment: bool = True
+    presegment_refresh: int = 8
+    rescore_after_training: bool = True
+    infer_workers: int = 1
+    infer_queue: int = 4
+    task_niceness: int = 10
 
     def train_options(self, *, seed: int, **overrides: Any) -> TrainOptions:
         """The training recipe of these settings (``overrides`` replace any of its fields).
@@ -342,6 +371,7 @@ class Settings:
             overlap=self.sw_overlap,
             mode=self.mc_mode,
             bf16=self.bf16,
+            presegment=self.presegment,
         )
         return replace(options, **overrides)
 
@@ -352,6 +382,10 @@ class Settings:
     @property
     def scores_path(self) -> Path:
         return self.state_dir / "scores.sqlite"
+
+    @property
+    def presegmentations_dir(self) -> Path:
+        return self.state_dir / "presegmentations"
 
     @property
     def submissions_path(self) -> Path:

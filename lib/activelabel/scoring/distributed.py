@@ -15,11 +15,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
+from activelabel.labelmap import LabelMap
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.transforms import Preset
 from activelabel.scoring.backends import ScoringBackend, ScoringError
 from activelabel.scoring.scorer import ScoringOptions, record_score
 from activelabel.scoring.worker import ImageFailure, ScoringJob
+from activelabel.store.presegmentations import PresegmentationStore
 from activelabel.store.scores import ScoreStore
 
 logger = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ def score_distributed(
     backend: ScoringBackend,
     device: str = "cpu",
     progress: Callable[[int, int, str], None] | None = None,
+    labels: LabelMap | None = None,
+    presegmentations: PresegmentationStore | None = None,
 ) -> BatchReport:
     """Score every image of ``images`` (id -> path) whose stored score is stale, on ``backend``.
 
@@ -96,6 +100,7 @@ def score_distributed(
         preset=preset,
         options=options,
         device=device,
+        labels=labels,
     )
     scored, failed = 0, []
     with backend:
@@ -113,7 +118,13 @@ def score_distributed(
                 failed.append(outcome.image_id)
                 logger.warning("could not score %s: %s", outcome.image_id, outcome.error)
             else:
-                record_score(store, image_id=outcome.image_id, model_version=outcome.model_version, score=outcome.score)
+                record_score(
+                    store,
+                    image_id=outcome.image_id,
+                    model_version=outcome.model_version,
+                    score=outcome.score,
+                    presegmentations=presegmentations,
+                )
                 scored += 1
                 logger.info("scored %s (%d/%d) in %.2fs", outcome.image_id, done, len(todo), outcome.score.seconds)
             if progress is not None:

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monailabel.transform.writer import write_itk
 from torch import nn
 
+from activelabel.labelmap import LabelMap
 from activelabel.ml.decoder_dropout import McMode
-from activelabel.ml.inference import embed_volume, mc_dropout_uncertainty, sliding_window
+from activelabel.ml.inference import embed_volume, mc_dropout_samples, sliding_window
+from activelabel.ml.regrid import restore_to_image_grid
 from activelabel.ml.transforms import Preset, inference_transforms
 from activelabel.ml.uncertainty import VolumeUncertainty
+from activelabel.store.presegmentations import SUFFIX, PresegmentationStore
 from activelabel.store.scores import ScoreStore
 
 logger = logging.getLogger(__name__)
@@ -32,6 +39,8 @@ class ScoringOptions:
         mode: which dropout layers sample (full MC dropout, or only the later layers with
             the rest computed once per window).
         bf16: network passes in bfloat16 autocast.
+        presegment: also keep the label of the mean prediction on the image's grid (the
+            pre-segmentation the server serves without a network pass).
     """
 
     samples: int
@@ -40,6 +49,7 @@ class ScoringOptions:
     force: bool = False
     mode: McMode = McMode.FULL
     bf16: bool = False
+    presegment: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,11 +68,16 @@ class ScoringReport:
 
 @dataclass(frozen=True)
 class VolumeScore:
-    """The uncertainty and embedding of one volume, and the seconds they took."""
+    """The uncertainty and embedding of one volume, and the seconds they took.
+
+    ``label`` is the argmax of the mean prediction as label values, ``(1, *spatial)`` on the
+    stored file's voxel grid with its affine, when the options asked for pre-segmentations.
+    """
 
     uncertainty: VolumeUncertainty
     embedding: np.ndarray
     seconds: float
+    label: MetaTensor | None = None
 
 
 class VolumeScorer:
@@ -76,11 +91,17 @@ class VolumeScorer:
         network: the model, in eval mode.
         preset: pre-processing of the model's modality.
         options: how volumes are scored.
+        labels: the model's label map; required when ``options.presegment``.
     """
 
-    def __init__(self, *, network: nn.Module, preset: Preset, options: ScoringOptions) -> None:
+    def __init__(
+        self, *, network: nn.Module, preset: Preset, options: ScoringOptions, labels: LabelMap | None = None
+    ) -> None:
+        if options.presegment and labels is None:
+            raise ValueError("pre-segmentations need the label map, got labels=None")
         self.network = network
         self.options = options
+        self.labels = labels
         self._load = inference_transforms(preset)
         self._inferer = sliding_window(preset.roi_size, overlap=options.overlap, bf16=options.bf16)
 
@@ -89,24 +110,55 @@ class VolumeScorer:
         began = time.perf_counter()
         image = self._load({"image": path})["image"]
         with torch.inference_mode():
-            uncertainty, embedding = mc_dropout_uncertainty(
-                self.network,
-                image,
-                self._inferer,
-                samples=self.options.samples,
-                dilation=self.options.dilation,
-                mode=self.options.mode,
+            accumulator, embedding = mc_dropout_samples(
+                self.network, image, self._inferer, samples=self.options.samples, mode=self.options.mode
             )
-        return VolumeScore(uncertainty=uncertainty, embedding=embedding.numpy(), seconds=time.perf_counter() - began)
+            uncertainty = accumulator.result(dilation=self.options.dilation)
+            label = self._label(accumulator.mean_probs(), image) if self.options.presegment else None
+        return VolumeScore(
+            uncertainty=uncertainty, embedding=embedding.numpy(), seconds=time.perf_counter() - began, label=label
+        )
+
+    def _label(self, mean_probs: torch.Tensor, image: MetaTensor) -> MetaTensor:
+        """Label values of the mean prediction, restored onto the stored file's grid (as the infer task does)."""
+        assert self.labels is not None
+        values = self.labels.to_values(mean_probs.argmax(dim=0, keepdim=True).numpy())
+        dtype = torch.uint8 if max(self.labels.values) < 256 else torch.int32
+        return restore_to_image_grid(torch.as_tensor(values).to(dtype), image=image, nearest=True)
 
 
-def record_score(store: ScoreStore, *, image_id: str, model_version: int, score: VolumeScore) -> None:
-    """Write one volume's embedding, then its score, tagged with the model version that made them.
+def write_label(label: MetaTensor, path: str | os.PathLike[str]) -> None:
+    """Write a ``(1, *spatial)`` label with its affine the way MONAI Label's infer writer does."""
+    write_itk(label[0].numpy(), str(path), np.asarray(label.affine), None, True)
 
-    The score goes last because it marks the volume fresh: a crash between the two writes
+
+def keep_presegmentation(store: PresegmentationStore, *, image_id: str, model_version: int, label: MetaTensor) -> None:
+    """Write ``label`` as the pre-segmentation of ``image_id`` by ``model_version`` (atomically)."""
+    fd, name = tempfile.mkstemp(suffix=SUFFIX, prefix="preseg-")
+    os.close(fd)
+    try:
+        write_label(label, name)
+        store.put(image_id, model_version, name)
+    finally:
+        os.unlink(name)
+
+
+def record_score(
+    store: ScoreStore,
+    *,
+    image_id: str,
+    model_version: int,
+    score: VolumeScore,
+    presegmentations: PresegmentationStore | None = None,
+) -> None:
+    """Write one volume's embedding and pre-segmentation, then its score, tagged with the model version.
+
+    The score goes last because it marks the volume fresh: a crash between the writes
     leaves the volume stale, to be scored again, never fresh without its embedding.
     """
     store.put_embedding(image_id, model_version, score.embedding)
+    if presegmentations is not None and score.label is not None:
+        keep_presegmentation(presegmentations, image_id=image_id, model_version=model_version, label=score.label)
     store.put(image_id, model_version, score.uncertainty, seconds=score.seconds)
 
 
@@ -119,18 +171,23 @@ def score_pool(
     store: ScoreStore,
     options: ScoringOptions,
     progress: Callable[[int, int, str], None] | None = None,
+    labels: LabelMap | None = None,
+    presegmentations: PresegmentationStore | None = None,
 ) -> ScoringReport:
     """Score every image of ``images`` (id -> path) whose stored score is stale.
 
     Each score is written as soon as it is computed, so an interrupted run keeps its
-    progress and the next run resumes with the images still stale.
+    progress and the next run resumes with the images still stale.  With
+    ``options.presegment`` each image's pre-segmentation goes to ``presegmentations``.
     """
     start = time.perf_counter()
     todo = list(images) if options.force else store.stale(images, model_version)
-    scorer = VolumeScorer(network=network, preset=preset, options=options)
+    scorer = VolumeScorer(network=network, preset=preset, options=options, labels=labels)
     for done, image_id in enumerate(todo, start=1):
         score = scorer.score(images[image_id])
-        record_score(store, image_id=image_id, model_version=model_version, score=score)
+        record_score(
+            store, image_id=image_id, model_version=model_version, score=score, presegmentations=presegmentations
+        )
         logger.info(
             "scored %s (%d/%d) in %.2fs: %s", image_id, done, len(todo), score.seconds, score.uncertainty.to_dict()
         )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from activelabel.labelmap import LabelMap
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import load_model
 from activelabel.ml.transforms import Preset
@@ -29,6 +30,7 @@ class ScoringJob:
         preset: pre-processing of the model's modality.
         options: how volumes are scored, passed through whole.
         device: where the network runs in the worker.
+        labels: the model's label map (needed for pre-segmentations).
     """
 
     model_dir: str
@@ -36,6 +38,7 @@ class ScoringJob:
     preset: Preset
     options: ScoringOptions
     device: str = "cpu"
+    labels: LabelMap | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def _scorer(job: ScoringJob, threads: int) -> _Loaded:
         _loaded = _Loaded(
             job=job,
             threads=threads,
-            scorer=VolumeScorer(network=network, preset=job.preset, options=job.options),
+            scorer=VolumeScorer(network=network, preset=job.preset, options=job.options, labels=job.labels),
             model_version=info.version,
         )
     return _loaded

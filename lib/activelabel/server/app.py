@@ -1,8 +1,9 @@
 """The ASGI app of ``activelabel serve``: MONAI Label's FastAPI app plus /activelabel routes.
 
 Importing this module assembles the app (uvicorn is pointed at ``activelabel.server.app:app``):
-the ``/activelabel`` routers, the request guard, the one-task-at-a-time guard and the task
-worker.  Settings the server must not start with end the process here, with one ``error:``
+the ``/activelabel`` routers, the infer route with its cache headers, MONAI Label's blocking
+endpoints moved to worker threads, the request guard, the one-task-at-a-time guard and the
+task worker.  Settings the server must not start with end the process here, with one ``error:``
 line and exit code 2, before uvicorn binds the port.
 """
 
@@ -16,7 +17,9 @@ from monailabel.app import app
 from monailabel.config import settings as monailabel_settings
 
 from activelabel.errors import ActiveLabelError
+from activelabel.server.offload import offload_blocking_endpoints
 from activelabel.server.request_guard import install_guard
+from activelabel.server.routes.infer import install_infer_route
 from activelabel.server.routes.labels import router as labels_router
 from activelabel.server.routes.project import router as project_router
 from activelabel.server.routes.uncertainty import router as uncertainty_router
@@ -28,6 +31,8 @@ logger = logging.getLogger(__name__)
 app.include_router(project_router)
 app.include_router(uncertainty_router)
 app.include_router(labels_router)
+install_infer_route(app)
+offload_blocking_endpoints(app)
 try:
     install_guard(app, conf=monailabel_settings.MONAI_LABEL_APP_CONF or {})
 except ActiveLabelError as error:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import HTTPException
 from monailabel.interfaces.utils.app import app_instance
 
-_REQUIRED = ("model_store", "score_store", "submissions", "leases", "settings")
+_REQUIRED = ("model_store", "score_store", "submissions", "leases", "settings", "compute", "presegmentations")
 
 
 def activelabel_app() -> Any:

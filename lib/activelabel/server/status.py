@@ -11,10 +11,27 @@ from activelabel.scoring.triage import auto_label_triage
 from activelabel.server.stop_rule import StopRule, signals_from_submissions
 from activelabel.store.audit import AuditLog, auto_version
 from activelabel.store.label_versions import AUTO_TAG, FINAL_TAG, LabelVersionStore
+from activelabel.store.presegmentations import PresegmentationStore
 from activelabel.store.scores import ScoreStore
 from activelabel.store.submissions import SubmissionLog
+from activelabel.workers.compute import ComputePool
 
-__all__ = ["AUTO_TAG", "project_status"]
+__all__ = ["AUTO_TAG", "project_status", "serving_status"]
+
+
+def serving_status(
+    *, compute: ComputePool, presegmentations: PresegmentationStore, model_version: int | None
+) -> dict[str, Any]:
+    """How interactive requests are being served: the compute pool's queue and the pre-segmentation cache.
+
+    ``presegmentations.ready`` counts the images whose pre-segmentation by the current model
+    is stored (served without a network pass); hits and misses count since the server started.
+    """
+    ready = presegmentations.count(model_version) if model_version is not None else 0
+    return {
+        "compute": compute.stats().to_dict(),
+        "presegmentations": {**presegmentations.counts().to_dict(), "ready": ready, "model_version": model_version},
+    }
 
 
 def project_status(

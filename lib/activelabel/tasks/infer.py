@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from monai.inferers import Inferer
@@ -20,7 +24,36 @@ from activelabel.ml.transforms import channels_to_label_values, inference_transf
 from activelabel.scoring.scorer import VolumeScorer, record_score
 from activelabel.scoring.triage import triage_decision
 from activelabel.store.label_versions import AUTO_TAG
+from activelabel.store.presegmentations import PresegmentationStore
 from activelabel.store.scores import ScoreStore
+from activelabel.workers.compute import ComputePool
+
+REQUEST_IMAGE_ID = "_image_id"
+"""Request key of the datastore id of the image (MONAI Label replaces ``image`` by its path)."""
+
+INTERACTIVE_KEYS = ("label", "foreground", "background")
+"""Request keys that condition the result on the clinician's input: never served from the cache."""
+
+
+class CacheResult(str, Enum):
+    """How a segmentation request was answered (the ``X-ActiveLabel-Presegmentation`` header)."""
+
+    HIT = "hit"
+    """Served from the pre-segmentation the current model made while scoring: no network pass."""
+    MISS = "miss"
+    """Computed for this request."""
+
+
+@dataclass
+class InferOutcome:
+    """What the infer task did for one HTTP request, for the route to put in its response headers."""
+
+    cache: CacheResult | None = None
+    model_version: int | None = None
+
+
+INFER_OUTCOME: ContextVar[InferOutcome | None] = ContextVar("activelabel_infer_outcome", default=None)
+"""Set by the infer route around one request; the task fills it in (also from a compute-pool thread)."""
 
 
 class SegmentationInfer(BasicInferTask):
@@ -33,14 +66,31 @@ class SegmentationInfer(BasicInferTask):
     The network is reloaded whenever a newer checkpoint is published; the result JSON
     names the model version that produced it.
 
+    A request for a datastore image, without the clinician's label or clicks and without
+    ``"cache": false``, is answered from ``presegmentations`` when scoring already made the
+    image's pre-segmentation with the current model version (``"presegmentation": "hit"``);
+    otherwise the network pass runs in ``compute`` (the bounded pool apart from the HTTP
+    threads, which raises :class:`~activelabel.workers.compute.ComputeBusy` when full).
+
     Args:
         settings: the app's resolved settings.
         store: the model's checkpoint store.
+        presegmentations: the pre-segmentations kept by scoring (None: always compute).
+        compute: the pool for network passes (None: run in the calling thread).
     """
 
-    def __init__(self, *, settings: Settings, store: ModelStore) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: ModelStore,
+        presegmentations: PresegmentationStore | None = None,
+        compute: ComputePool | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
+        self.presegmentations = presegmentations
+        self.compute = compute
         self._pre = inference_transforms(settings.preset)
         self._loaded: dict[str, PublishedModel] = {}
         super().__init__(
@@ -91,10 +141,55 @@ class SegmentationInfer(BasicInferTask):
         return label, result
 
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
-        label, result = super().__call__(request, callbacks)
+        served = self._from_cache(request)
+        if served is not None:
+            label, result = served
+        else:
+            compute = super().__call__
+            if self.compute is None:
+                label, result = compute(request, callbacks)
+            else:
+                label, result = self.compute.run(compute, request, callbacks)
+            result = {**(result or {}), "presegmentation": CacheResult.MISS.value}
+            self._record(CacheResult.MISS, result.get("model_version"), cacheable=self._cacheable(request))
         if request.get("label_tag") == AUTO_TAG and label is not None:
             result = {**(result or {}), **self._triage(request)}
         return label, result
+
+    def _cacheable(self, request: dict[str, Any]) -> bool:
+        return (
+            self.presegmentations is not None
+            and bool(request.get(REQUEST_IMAGE_ID))
+            and str(request.get("cache", "true")).lower() not in ("0", "false", "no")
+            and not any(request.get(key) for key in INTERACTIVE_KEYS)
+        )
+
+    def _from_cache(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        """The stored pre-segmentation by the published model version, as a temporary file, or None."""
+        if not self._cacheable(request):
+            return None
+        began = time.perf_counter()
+        info = self.store.info()
+        assert self.presegmentations is not None
+        path = self.presegmentations.copy_out(request[REQUEST_IMAGE_ID], info.version) if info else None
+        if path is None:
+            return None
+        assert info is not None
+        self._record(CacheResult.HIT, info.version, cacheable=True)
+        result = {
+            "label_names": self.labels,
+            "model_version": info.version,
+            "presegmentation": CacheResult.HIT.value,
+            "latencies": {"total": round(time.perf_counter() - began, 4)},
+        }
+        return path, result
+
+    def _record(self, cache: CacheResult, model_version: int | None, *, cacheable: bool) -> None:
+        outcome = INFER_OUTCOME.get()
+        if outcome is not None:
+            outcome.cache, outcome.model_version = cache, model_version
+        if cacheable and self.presegmentations is not None:
+            self.presegmentations.record(hit=cache is CacheResult.HIT)
 
     def _triage(self, request: dict[str, Any]) -> dict[str, Any]:
         """An auto-label's predicted quality and the triage decision it gets from the model's calibration.
@@ -107,16 +202,23 @@ class SegmentationInfer(BasicInferTask):
         if settings.device not in self._loaded:
             self._loaded[settings.device] = PublishedModel(self.store, device=settings.device)
         network, info = self._loaded[settings.device].get()
-        image_id = request.get("_image_id")
+        image_id = request.get(REQUEST_IMAGE_ID)
         scores = ScoreStore(settings.scores_path)
         stored = scores.get(image_id) if image_id else None
         if stored is not None and stored.model_version == info.version and stored.uncertainty.agreement is not None:
             quality = stored.uncertainty.agreement
         else:
             options = settings.scoring_options(samples=max(2, settings.mc_samples))
-            score = VolumeScorer(network=network, preset=settings.preset, options=options).score(request["image"])
+            scorer = VolumeScorer(network=network, preset=settings.preset, options=options, labels=settings.labels)
+            score = scorer.score(request["image"])
             if image_id:
-                record_score(scores, image_id=image_id, model_version=info.version, score=score)
+                record_score(
+                    scores,
+                    image_id=image_id,
+                    model_version=info.version,
+                    score=score,
+                    presegmentations=self.presegmentations,
+                )
             quality = score.uncertainty.agreement
         decision = triage_decision(quality, info.calibration)
         return {"quality": quality, **decision.to_dict()}

@@ -13,13 +13,17 @@ from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import load_model
 from activelabel.scoring.backends import make_backend
 from activelabel.scoring.distributed import score_distributed
+from activelabel.scoring.refresh import next_candidates
 from activelabel.scoring.scorer import ScoringOptions, embed_pool, score_pool
+from activelabel.store.presegmentations import PresegmentationStore
 from activelabel.store.scores import ScoreStore
 
 
 class EpistemicScoring(ScoringMethod):
     """Scores unlabeled volumes whose stored score is not from the current model.
 
+    With the ``presegment`` setting each scored volume's mean-prediction label is kept as its
+    pre-segmentation by that model version, which the ``segmentation`` infer task then serves.
     Labeled volumes get a bottleneck embedding (one deterministic pass) so that the
     diversity-aware strategy can compare candidates with them.
 
@@ -30,9 +34,17 @@ class EpistemicScoring(ScoringMethod):
         settings: the app's resolved settings.
         model_store: where the current model is published.
         score_store: where scores are kept.
+        presegmentations: where pre-segmentations are kept.
     """
 
-    def __init__(self, *, settings: Settings, model_store: ModelStore, score_store: ScoreStore) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        model_store: ModelStore,
+        score_store: ScoreStore,
+        presegmentations: PresegmentationStore,
+    ) -> None:
         super().__init__(
             "Monte-Carlo dropout epistemic uncertainty (entropy, mutual information, variance) "
             "over the dilated predicted foreground"
@@ -40,6 +52,7 @@ class EpistemicScoring(ScoringMethod):
         self.settings = settings
         self.model_store = model_store
         self.score_store = score_store
+        self.presegmentations = presegmentations
 
     def info(self) -> dict[str, Any]:
         info = super().info()
@@ -57,7 +70,16 @@ class EpistemicScoring(ScoringMethod):
             raise ValueError(f"mc_samples must be >= 1, got {samples}")
         force = str(request.get("force", "false")).lower() in ("1", "true", "yes")
         network, info = load_model(self.model_store, device=self.settings.device)
-        images = {image_id: datastore.get_image_uri(image_id) for image_id in datastore.get_unlabeled_images()}
+        # The head of the ranking first: the volumes served next get their fresh score and
+        # pre-segmentation first.
+        order = next_candidates(
+            datastore.get_unlabeled_images(),
+            scores=self.score_store,
+            metric=self.settings.uncertainty_metric,
+            leased=(),
+            count=len(datastore.get_unlabeled_images()),
+        )
+        images = {image_id: datastore.get_image_uri(image_id) for image_id in order}
         report = self._score_unlabeled(
             images,
             network=network,
@@ -93,6 +115,8 @@ class EpistemicScoring(ScoringMethod):
                 preset=self.settings.preset,
                 store=self.score_store,
                 options=options,
+                labels=self.settings.labels,
+                presegmentations=self.presegmentations,
             ).to_dict()
         return score_distributed(
             images,
@@ -102,4 +126,6 @@ class EpistemicScoring(ScoringMethod):
             options=options,
             backend=make_backend(address=address, workers=workers),
             device=self.settings.device,
+            labels=self.settings.labels,
+            presegmentations=self.presegmentations,
         ).to_dict()

@@ -21,7 +21,11 @@ from activelabel.fsutil import atomic_write_json, read_json
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import load_model
 from activelabel.ml.training import load_volumes, split_train_val, train_network
+from activelabel.scoring.refresh import refresh_top_candidates
 from activelabel.scoring.triage import Calibration, calibrate, quality_and_dice
+from activelabel.store.leases import LeaseStore
+from activelabel.store.presegmentations import PresegmentationStore
+from activelabel.store.scores import ScoreStore
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +112,33 @@ class SegmentationTrainer(TrainTask):
         stats["calibration"] = info.calibration
         atomic_write_json(self.stats_path, stats)
         logger.info("published model version %d (val mean Dice %s)", info.version, info.val_mean_dice)
+        stats["refreshed"] = self._refresh(datastore, model_version=info.version)
         return stats
+
+    def _refresh(self, datastore: Datastore, *, model_version: int) -> int:
+        """Re-score the next candidates with the new model so their pre-segmentations are ready."""
+        settings = self.settings
+        if not settings.presegment:
+            return 0
+        network, info = load_model(self.store, device=settings.device)
+        if info.version != model_version:  # a newer model was published meanwhile: its run refreshes
+            return 0
+        unlabeled = {image_id: datastore.get_image_uri(image_id) for image_id in datastore.get_unlabeled_images()}
+        report = refresh_top_candidates(
+            unlabeled,
+            network=network,
+            model_version=model_version,
+            preset=settings.preset,
+            labels=settings.labels,
+            scores=ScoreStore(settings.scores_path),
+            presegmentations=PresegmentationStore(settings.presegmentations_dir),
+            options=settings.scoring_options(),
+            metric=settings.uncertainty_metric,
+            leases=LeaseStore(settings.leases_path, seconds=settings.lease_seconds).active(),
+            minimum=settings.presegment_refresh,
+        )
+        logger.info("refreshed %d pre-segmentations with model version %d", report.scored, model_version)
+        return report.scored
 
     def _calibrate(self, network: nn.Module, val_volumes: Sequence[Mapping[str, Any]]) -> Calibration | None:
         """The quality threshold of the trained network on the validation volumes (never trained on)."""

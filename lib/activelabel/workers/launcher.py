@@ -26,6 +26,7 @@ import atexit
 import contextlib
 import logging
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -67,8 +68,9 @@ class TaskWorker:
         restart_interval: the least seconds between two starts of the worker.
     """
 
-    def __init__(self, *, app_dir: str | None, restart_interval: float = RESTART_INTERVAL) -> None:
+    def __init__(self, *, app_dir: str | None, restart_interval: float = RESTART_INTERVAL, niceness: int = 0) -> None:
         self.app_dir = app_dir
+        self.niceness = niceness
         self.restart_interval = restart_interval
         self.folder = Path(tempfile.mkdtemp(prefix="activelabel-worker-"))
         self.socket_path = str(self.folder / "worker.sock")
@@ -109,6 +111,8 @@ class TaskWorker:
         command = [sys.executable, "-m", ZYGOTE_MODULE, "--socket", self.socket_path]
         if self.app_dir:
             command += ["--app", self.app_dir]
+        if self.niceness:
+            command += ["--niceness", str(self.niceness)]
         # stdin: a pipe only this process writes to; the worker exits at its end of file.
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE)
         self._started_at = time.monotonic()
@@ -138,19 +142,24 @@ class WorkerSubprocess:
     """Stands in for the ``subprocess`` module inside MONAI Label's task runner.
 
     ``Popen`` of the stock task command starts the task client instead while the worker
-    runs; every other name is the real module's.
+    runs (the worker itself runs at the lower priority), and otherwise starts the stock
+    command ``niceness`` lower; every other name is the real module's.
     """
 
-    def __init__(self, worker: TaskWorker) -> None:
+    def __init__(self, worker: TaskWorker | None, *, niceness: int = 0) -> None:
         self.worker = worker
+        self.niceness = niceness
 
     def __getattr__(self, name: str) -> Any:
         return getattr(subprocess, name)
 
     def Popen(self, args: Sequence[str], *rest: Any, **kwargs: Any) -> subprocess.Popen[Any]:  # noqa: N802
-        pid = self.worker.ensure_running()
-        if pid is not None:
+        pid = self.worker.ensure_running() if self.worker is not None else None
+        if pid is not None and self.worker is not None:
             args = worker_command(args, socket_path=self.worker.socket_path, worker_pid=pid)
+        elif self.niceness and list(args)[1:3] == ["-m", STOCK_MODULE] and "preexec_fn" not in kwargs:
+            niceness = self.niceness
+            kwargs["preexec_fn"] = lambda: os.nice(niceness)
         return subprocess.Popen(args, *rest, **kwargs)
 
 
@@ -161,15 +170,18 @@ def installed_worker() -> TaskWorker | None:
 
 
 def install_task_worker(*, conf: Mapping[str, str], app_dir: str | None) -> TaskWorker | None:
-    """Start the worker and route MONAI Label's tasks through it, unless ``task_worker`` is off.
+    """Route MONAI Label's tasks through a started worker, unless ``task_worker`` is off.
 
-    Called once in the server process; a second call returns the installed worker.
+    Either way tasks (training, scoring, batch infer) run ``task_niceness`` lower than the
+    server, so interactive requests keep the CPU.  Called once in the server process; a
+    second call returns the installed worker.
     """
-    existing = installed_worker()
-    if existing is not None or not setting("task_worker", conf=conf):
-        return existing
-    worker = TaskWorker(app_dir=app_dir)
-    worker.ensure_running()
-    task_runner.subprocess = WorkerSubprocess(worker)  # type: ignore[assignment]
-    atexit.register(worker.stop)
+    if isinstance(task_runner.subprocess, WorkerSubprocess):
+        return installed_worker()
+    niceness = int(setting("task_niceness", conf=conf))
+    worker = TaskWorker(app_dir=app_dir, niceness=niceness) if setting("task_worker", conf=conf) else None
+    if worker is not None:
+        worker.ensure_running()
+        atexit.register(worker.stop)
+    task_runner.subprocess = WorkerSubprocess(worker, niceness=niceness)  # type: ignore[assignment]
     return worker

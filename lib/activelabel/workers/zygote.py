@@ -291,7 +291,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
     parser.add_argument("--app", default=None, help="MONAI Label app folder whose main.py to import")
+    parser.add_argument("--niceness", type=int, default=0, help="lower this process's (and its tasks') CPU priority")
     args = parser.parse_args(argv)
+    if args.niceness:
+        os.nice(args.niceness)
     configure_logging()
     seconds = preload(args.app)
     reason = fork_unsafe_reason()

@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException
 
 from activelabel.access.request_user import caller_name
 from activelabel.server.served_app import activelabel_app
-from activelabel.server.status import project_status
+from activelabel.server.status import project_status, serving_status
 from activelabel.server.stop_rule import StopRule
 from activelabel.server.task_guard import task_pending
 
@@ -18,7 +18,7 @@ router = APIRouter(prefix="/activelabel", tags=["ActiveLabel"])
 @router.get("/status", summary="Labeling progress, current model and score freshness")
 def status() -> dict[str, Any]:
     instance = activelabel_app()
-    return project_status(
+    answer = project_status(
         datastore=instance.datastore(),
         model_store=instance.model_store,
         score_store=instance.score_store,
@@ -30,6 +30,12 @@ def status() -> dict[str, Any]:
         label_versions=instance.label_versions,
         readers=instance.settings.readers,
     )
+    answer["serving"] = serving_status(
+        compute=instance.compute,
+        presegmentations=instance.presegmentations,
+        model_version=answer["model"]["version"],
+    )
+    return answer
 
 
 @router.post("/skip", summary="Give a served volume back to the pool (ends the caller's lease)")
