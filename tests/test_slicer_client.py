@@ -21,6 +21,7 @@ import slicer
 
 from activelabel.config import KEYS
 from activelabel.ml.uncertainty import VolumeUncertainty
+from activelabel.store.leases import LeaseStore
 from activelabel.store.scores import ScoreStore
 from activelabel.testing.server_process import ServerProcess, free_port
 from tests.conftest import ServerFactory
@@ -460,3 +461,72 @@ def test_background_calls_deliver_results_and_errors_on_the_polling_thread() -> 
     assert seen[0][1] == 7
     assert seen[1][1].status == 500
     assert str(seen[2][1]) == "unexpected error: KeyError: 'params'"
+
+
+@pytest.fixture(scope="module")
+def roomy(server_factory: ServerFactory) -> ServerProcess:
+    """A server with five unlabeled phantoms, for prefetching."""
+    return server_factory.start(server_factory.phantoms("slicer-prefetch", count=6, seed=1, labeled=1))
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, client: ActiveLabelClient, name: str) -> list[tuple]:
+    """Record the calls of one client method (they still reach the server)."""
+    calls: list[tuple] = []
+    method = getattr(client, name)
+
+    def recorded(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        return method(*args, **kwargs)
+
+    monkeypatch.setattr(client, name, recorded)
+    return calls
+
+
+def test_next_shows_the_prefetched_sample_and_its_presegmentation_without_asking_the_server(
+    roomy: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = LabelingSession(ActiveLabelClient(roomy.url, client_id="prefetcher"), workdir=tmp_path)
+    session.connect()
+    current = session.next_sample("random")
+
+    prefetched = session.start_prefetch("random").result(timeout=300)
+
+    assert prefetched.sample.image_id != current.image_id  # never the sample being edited
+    assert prefetched.presegmentation is not None
+    assert prefetched.presegmentation.label_file.is_file()
+    leases = LeaseStore(roomy.state_dir / "leases.sqlite", seconds=1800).active()
+    assert leases[prefetched.sample.image_id].client_id == "prefetcher"  # nobody else can take it meanwhile
+    assert session.sample == current  # the clinician is still on the current one
+    asked = _spy(monkeypatch, session.client, "next_sample")
+    segmented = _spy(monkeypatch, session.client, "infer")
+
+    taken = session.next_sample("random")
+
+    assert taken == prefetched.sample
+    assert session.presegmentation == prefetched.presegmentation
+    assert (asked, segmented) == ([], [])
+    assert session.prefetched is None
+
+
+def test_a_prefetch_for_another_strategy_is_given_back_and_next_asks_the_server(
+    roomy: ServerProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = LabelingSession(ActiveLabelClient(roomy.url, client_id="switcher"), workdir=tmp_path)
+    session.connect()
+    session.next_sample("random")
+    prefetched = session.start_prefetch("random", segment=False).result(timeout=300)
+    assert prefetched.presegmentation is None
+    released = _spy(monkeypatch, session.client, "skip")
+    asked = _spy(monkeypatch, session.client, "next_sample")
+
+    session.next_sample("most_uncertain")
+
+    assert released == [(prefetched.sample.image_id,)]
+    assert len(asked) == 1
+    assert session.presegmentation is None
+
+
+def test_a_next_sample_request_with_a_malformed_exclude_list_is_refused(roomy: ServerProcess) -> None:
+    answer = requests.post(f"{roomy.url}/activelearning/random", json={"exclude": "ct_001"}, timeout=30)
+    assert answer.status_code == 422
+    assert "exclude must be a list of image ids" in answer.json()["detail"]

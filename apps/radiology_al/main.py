@@ -172,15 +172,20 @@ class RadiologyActiveLabelApp(MONAILabelApp):
     def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
         """The strategy's pick among volumes not leased to another client, leased to this one.
 
-        A client asking again before submitting may be given its own leased volume again.
+        A client asking again before submitting may be given its own leased volume again,
+        unless the request names it in ``exclude`` (a list of image ids never to pick: a
+        client prefetching the volume after its current one).
         """
         name = request.get("strategy") or "random"
         strategy = self._strategies.get(name)
         if strategy is None:
             raise MONAILabelException(MONAILabelError.INVALID_INPUT, f"no strategy named {name!r}")
         client = caller_name(request.get("client_id"))
+        exclude = request.get("exclude") or []
+        if not isinstance(exclude, list) or not all(isinstance(item, str) for item in exclude):
+            raise HTTPException(status_code=422, detail=f"exclude must be a list of image ids, got {exclude!r:.100}")
         with self.leases.selecting():
-            excluded = self.leases.held_by_others(client)
+            excluded = self.leases.held_by_others(client) | set(exclude)
             if self.settings.readers > 1:  # a reader never reads a volume twice
                 excluded |= self.label_versions.images_read_by(client)
             view = LeasedDatastoreView(self._datastore, excluded=excluded)

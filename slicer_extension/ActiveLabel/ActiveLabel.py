@@ -134,6 +134,8 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
         for calls in (self.calls, self.polls):
             if calls is not None:
                 calls.shutdown()
+        if self.logic is not None and self.logic.session is not None:
+            self.logic.session.close()
 
     # -- actions (UI thread) ------------------------------------------------------------------
 
@@ -173,12 +175,17 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
         if sample.slice_queue is not None:
             self.logic.show_slice(sample.slice_queue.current, axis=sample.slice_queue.axis)
             self.show_message(f"Loaded {sample.image_id}: {sample.slice_queue.text}.")
-        if self.ui.autoSegmentCheckBox.checked:
+        session = self._session(quiet=True)
+        if session is not None and session.presegmentation is not None:
+            self.on_presegmentation(session.presegmentation)  # prefetched with the sample
+        elif self.ui.autoSegmentCheckBox.checked:
             self.on_segment()
         else:
             self._edit(self.logic.ensure_segmentation())
         if self.ui.uncertaintyMapCheckBox.checked:
             self.on_uncertainty_map()
+        if session is not None and self.settings.prefetch_next:
+            session.start_prefetch(self.settings.strategy, segment=bool(self.ui.autoSegmentCheckBox.checked))
 
     def on_step_slice(self, step: int) -> None:
         session = self._session(quiet=True)
@@ -377,6 +384,8 @@ class ActiveLabelLogic(ScriptedLoadableModuleLogic):
     def open_session(self, url: str, *, user: str) -> LabelingSession:
         """A new session with the server at ``url`` for ``user`` (not connected yet)."""
         workdir = Path(tempfile.mkdtemp(prefix="ActiveLabel-", dir=slicer.app.temporaryPath))
+        if self.session is not None:
+            self.session.close()
         self.session = LabelingSession(ActiveLabelClient(url, client_id=user), workdir=workdir)
         return self.session
 

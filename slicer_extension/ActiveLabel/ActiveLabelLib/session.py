@@ -3,12 +3,18 @@
 The Slicer widget calls these methods from a worker thread and shows what they return;
 everything here is plain Python over :class:`~ActiveLabelLib.client.ActiveLabelClient` and
 files in a work folder, so the whole loop runs and is tested outside Slicer.
+
+While the clinician edits one sample, :meth:`LabelingSession.start_prefetch` fetches the next
+one and its pre-segmentation on the session's own thread, so Next shows it at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,9 @@ PENDING_STATES = frozenset({"SUBMITTED", "RUNNING"})
 
 FALLBACK_ATTEMPTS = 8
 """How many seeded random picks to try before giving up on finding an image that was not skipped."""
+
+PREFETCH_WAIT_SECONDS = 300.0
+"""How long Next waits for a prefetch still in flight before asking the server itself."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +148,15 @@ class PreSegmentation:
 
 
 @dataclass(frozen=True)
+class Prefetched:
+    """The sample after the current one, downloaded with its pre-segmentation while the current one is edited."""
+
+    strategy: str
+    sample: Sample
+    presegmentation: PreSegmentation | None
+
+
+@dataclass(frozen=True)
 class Submission:
     """What the server recorded for a submitted label."""
 
@@ -242,6 +260,10 @@ class LabelingSession:
         self.presegmentation: PreSegmentation | None = None
         self.skipped: set[str] = set()
         self._started_at: float | None = None
+        self._lock = threading.Lock()
+        self._prefetched: Prefetched | None = None
+        self._prefetching: Future[Prefetched] | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
 
     def connect(self) -> ServerSummary:
         """Read the server's info and project status."""
@@ -263,12 +285,81 @@ class LabelingSession:
     def next_sample(self, strategy: str, *, params: Mapping[str, Any] | None = None) -> Sample:
         """Ask ``strategy`` for the next image and download it; the clock starts.
 
-        An image this user skipped is not served again: when the strategy offers one, seeded
-        random picks are asked instead.
+        A sample prefetched for the same strategy is taken instead (waiting for a prefetch
+        still in flight), together with its pre-segmentation: no server call.  An image this
+        user skipped is not served again: when the strategy offers one, seeded random picks
+        are asked instead.
 
         Raises:
             ActiveLabelError: when no unlabeled image is left, or only skipped ones.
         """
+        taken = self._take_prefetched(strategy)
+        if taken is not None:
+            self.sample, self.presegmentation = taken.sample, taken.presegmentation
+        else:
+            self.sample, self.presegmentation = self._fetch(strategy, params), None
+        self._started_at = self.clock()
+        return self.sample
+
+    def start_prefetch(
+        self, strategy: str, *, params: Mapping[str, Any] | None = None, segment: bool = True
+    ) -> Future[Prefetched]:
+        """Fetch the sample after the current one (and its pre-segmentation) on the session's own thread.
+
+        The server leases it to this user; :meth:`next_sample` takes it.  A prefetch already in
+        flight is returned instead of starting another.
+        """
+        with self._lock:
+            if self._prefetching is not None and not self._prefetching.done():
+                return self._prefetching
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="activelabel-prefetch")
+            self._prefetching = self._prefetcher.submit(self.prefetch, strategy, params=params, segment=segment)
+            return self._prefetching
+
+    def prefetch(self, strategy: str, *, params: Mapping[str, Any] | None = None, segment: bool = True) -> Prefetched:
+        """Fetch the sample after the current one now; the current sample and the clock stay as they are."""
+        current = self.sample
+        exclude = sorted(self.skipped | ({current.image_id} if current is not None else set()))
+        sample = self._fetch(strategy, {**(params or {}), "exclude": exclude})
+        presegmentation = self._segment(sample) if segment else None
+        prefetched = Prefetched(strategy, sample, presegmentation)
+        with self._lock:
+            self._prefetched = prefetched
+        return prefetched
+
+    @property
+    def prefetched(self) -> Prefetched | None:
+        """The prefetched sample waiting for Next, if any."""
+        with self._lock:
+            return self._prefetched
+
+    def close(self) -> None:
+        """Stop the prefetch thread (a prefetch in flight finishes in the background)."""
+        with self._lock:
+            prefetcher, self._prefetcher = self._prefetcher, None
+        if prefetcher is not None:
+            prefetcher.shutdown(wait=False, cancel_futures=True)
+
+    def _take_prefetched(self, strategy: str) -> Prefetched | None:
+        """The prefetched sample for ``strategy``, or None; one for another strategy is given back."""
+        with self._lock:
+            pending, self._prefetching = self._prefetching, None
+        if pending is not None:
+            # A prefetch that failed or hangs leaves nothing to take: Next asks the server itself.
+            with contextlib.suppress(ActiveLabelError, TimeoutError):
+                pending.result(timeout=PREFETCH_WAIT_SECONDS)
+        with self._lock:
+            taken, self._prefetched = self._prefetched, None
+        if taken is None:
+            return None
+        if taken.strategy != strategy or taken.sample.image_id in self.skipped:
+            self.client.skip(taken.sample.image_id)  # not wanted now: end its lease
+            return None
+        return taken
+
+    def _fetch(self, strategy: str, params: Mapping[str, Any] | None) -> Sample:
+        """Ask ``strategy`` for an image (never one this user skipped) and download it."""
         answer = self.client.next_sample(strategy, params)
         note = ""
         for seed in range(FALLBACK_ATTEMPTS + 1):
@@ -280,13 +371,13 @@ class LabelingSession:
                     "every image the server offered was skipped; label one or clear the skipped list"
                 )
             note = f"{strategy} offered an image you skipped; picked at random instead"
-            answer = self.client.next_sample(FALLBACK_STRATEGY, {"seed": seed})
+            answer = self.client.next_sample(FALLBACK_STRATEGY, {**(params or {}), "seed": seed})
         image_id = answer.get("id")
         if not image_id:
             raise ActiveLabelError("no image is available: all unlabeled images are labeled or reserved by other users")
         image = self.client.download_image(image_id)
         path = self._write(f"{image_id}{_extension(image.filename)}", image.content)
-        self.sample = Sample(
+        return Sample(
             image_id=image_id,
             image_file=path,
             strategy=str(answer.get("strategy") or strategy),
@@ -297,16 +388,17 @@ class LabelingSession:
             note=note or str(answer.get("fallback") or ""),
             slice_queue=_slice_queue(answer),
         )
-        self.presegmentation = None
-        self._started_at = self.clock()
-        return self.sample
 
     def segment(self) -> PreSegmentation:
         """Run the server's segmentation of the sample; the server keeps it as the ``original`` label.
 
         The clock restarts: correcting the pre-segmentation is the work being timed.
         """
-        sample = self._current()
+        self.presegmentation = self._segment(self._current())
+        self._started_at = self.clock()
+        return self.presegmentation
+
+    def _segment(self, sample: Sample) -> PreSegmentation:
         answer = self.client.infer(self._model(), sample.image_id, {"save_label": True})
         names = _label_names(answer.params.get("label_names")) or (self.summary.label_names if self.summary else {})
         if not names:
@@ -314,9 +406,7 @@ class LabelingSession:
         name = f"{sample.image_id}_presegmentation{_extension(answer.label.filename)}"
         path = self._write(name, answer.label.content)
         version = answer.params.get("model_version")
-        self.presegmentation = PreSegmentation(path, names, version if isinstance(version, int) else None)
-        self._started_at = self.clock()
-        return self.presegmentation
+        return PreSegmentation(path, names, version if isinstance(version, int) else None)
 
     def uncertainty_map(self, *, metric: str | None = None) -> UncertaintyOverlay:
         """The server's voxel uncertainty map of the sample (the server's default metric if ``None``).

@@ -57,6 +57,8 @@ class Settings:
         auto_fetch_next: after a submission, fetch the next sample at once.
         auto_segment: run the server's segmentation when a sample is loaded.
         show_uncertainty_map: fetch the sample's voxel uncertainty map and overlay it.
+        prefetch_next: while a sample is edited, fetch the next one and its pre-segmentation
+            in the background, so Next shows it at once.
     """
 
     server_url: str = "http://127.0.0.1:8000"
@@ -66,6 +68,7 @@ class Settings:
     auto_fetch_next: bool = True
     auto_segment: bool = True
     show_uncertainty_map: bool = False
+    prefetch_next: bool = True
 
     PREFIX = "ActiveLabel/"
 
