@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -84,8 +85,25 @@ def test_a_full_compute_queue_answers_503_with_retry_after_and_a_reason(
 
 def test_background_tasks_run_at_a_lower_cpu_priority_than_the_server(server: ServerProcess) -> None:
     worker = _task_worker_pid(server.process.pid)
+    assert requests.post(f"{server.url}/train/segmentation", json={}, timeout=60).status_code == 200
+    task = _poll(lambda: next(iter(_children(worker)), None), "a forked training process")
+    base = _niceness(server.process.pid)
 
-    assert _niceness(worker) - _niceness(server.process.pid) == 10
+    lowered = _poll(lambda: _niceness(task) if _niceness(task) != base else None, "lowered priority")
+    server.wait_for_task("train")
+
+    assert lowered - base == 10  # task_niceness
+    assert _niceness(worker) == base  # the worker itself forks at full speed
+
+
+def _poll(probe: Callable[[], int | None], what: str, *, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found is not None:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"found no {what} within {timeout:.0f} s")
 
 
 def _children(pid: int) -> list[int]:
@@ -94,13 +112,13 @@ def _children(pid: int) -> list[int]:
 
 
 def _task_worker_pid(server_pid: int) -> int:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def worker() -> int | None:
         for child in _children(server_pid):
             if b"activelabel.workers.zygote" in Path(f"/proc/{child}/cmdline").read_bytes():
                 return child
-        time.sleep(0.5)
-    raise AssertionError("the server started no task worker")
+        return None
+
+    return _poll(worker, "task worker")
 
 
 def _niceness(pid: int) -> int:

@@ -1,6 +1,8 @@
 """Several clinicians at once against a real server: nobody gets a volume twice, no label is lost.
 
-A short version of ``make bench``'s load test (20 clinicians for 10 minutes).
+A short version of ``make bench``'s load test (20 clinicians for 10 minutes): the pool is
+scored first, so pre-segmentations are served from the cache, and training is requested
+while the clinicians work.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from activelabel.testing.loadtest import LoadConfig, check_labels, run_load
+from activelabel.testing.loadtest import LoadConfig, check_labels, run_load, score_pool_first
 from activelabel.testing.server_process import ServerProcess
 from tests.conftest import ServerFactory
 
@@ -23,12 +25,18 @@ def crowded(server_factory: ServerFactory) -> ServerProcess:
 def test_concurrent_clinicians_get_distinct_volumes_and_every_acknowledged_label_is_stored(
     crowded: ServerProcess,
 ) -> None:
-    config = LoadConfig(clinicians=6, seconds=40, think=(0.1, 0.5), strategy="random", timeout=120)
+    score_pool_first(crowded.url, timeout=600)
+    config = LoadConfig(
+        clinicians=6, seconds=40, think=(0.1, 0.5), edit=(1.0, 2.0), strategy="most_uncertain", timeout=120, train_at=6
+    )
 
     report = run_load(crowded.url, crowded.studies, config)
 
     assert report.errors == [], crowded.log_tail()
     assert report.failed_requests == 0
+    assert report.latency_ms["infer_hit"]["count"] >= 1  # served from the scored pool's pre-segmentations
+    assert report.training["status_code"] == 200
+    assert report.training["status"] == "DONE", crowded.log_tail()
     assert report.submitted >= 6
     assert report.served == report.submitted  # every served volume was submitted, none twice
     assert report.duplicate_serves == 0

@@ -6,11 +6,13 @@ stops it.  A second server checks that ``task_worker false`` keeps MONAI Label's
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ import pytest
 import requests
 
 from activelabel.testing.server_process import ServerProcess
+from activelabel.workers.fork import finish
 from activelabel.workers.launcher import CLIENT_MODULE, worker_command
 from activelabel.workers.protocol import STOCK_MODULE
 from tests.conftest import ServerFactory
@@ -192,3 +195,21 @@ def test_with_task_worker_off_tasks_run_in_fresh_processes(studies: Path, server
         assert task["status"] == "DONE", task
         assert "activelabel task worker" not in "\n".join(task["details"])
         assert _worker(running) is None
+
+
+def test_a_forked_task_that_leaves_an_idle_thread_pool_still_exits() -> None:
+    pid = os.fork()
+    if pid == 0:  # the forked task: a thread pool (as the compute pool starts) stays idle until exit
+        pool = ThreadPoolExecutor(max_workers=1)
+        pool.submit(lambda: None).result()
+        finish(0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked task hung at exit waiting for its idle thread pool")

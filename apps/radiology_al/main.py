@@ -27,6 +27,7 @@ from activelabel.datastore.factory import open_datastore
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import PublishedModel
 from activelabel.ml.uncertainty_map import UncertaintyMapCache
+from activelabel.scoring.scorer import warm_up_writer
 from activelabel.server.task_guard import task_pending
 from activelabel.store.audit import AuditLog
 from activelabel.store.identifiers import check_local_source, check_name
@@ -73,6 +74,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             model=PublishedModel(self.model_store, device=self.settings.device),
             preset=self.settings.preset,
             overlap=self.settings.sw_overlap,
+            compute=self.compute,
         )
         self._last_submission: dict[str, dict[str, Any]] = {}
         super().__init__(
@@ -87,6 +89,15 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         # Every infer/save would re-queue all scorers otherwise; scoring is requested explicitly.
         if "MONAI_LABEL_AUTO_UPDATE_SCORING" not in os.environ:
             self._auto_update_scoring = False
+
+    def server_mode(self, mode: bool) -> None:
+        """MONAI Label's switch to serving; the label writer is warmed up then, not on the first request.
+
+        Not in a thread: ITK's lazy loading edits ``sys.path``, as MONAI Label does while it loads apps.
+        """
+        super().server_mode(mode)
+        if mode:
+            warm_up_writer()
 
     def init_datastore(self) -> Datastore:
         return open_datastore(

@@ -21,6 +21,7 @@ from activelabel.scoring.backends import ScoringError, make_backend
 from activelabel.scoring.distributed import BatchReport, score_distributed
 from activelabel.scoring.scorer import ScoringOptions, embed_pool
 from activelabel.store.label_versions import LabelVersionStore
+from activelabel.store.presegmentations import PresegmentationStore
 from activelabel.store.scores import ScoreStore
 
 
@@ -68,6 +69,8 @@ def run_score(args: argparse.Namespace) -> int:
             workers=args.workers or settings.scoring_workers,
         ),
         device=settings.device,
+        labels=settings.labels,
+        presegmentations=PresegmentationStore(settings.presegmentations_dir),
     )
     network, info = load_model(model_store, device=settings.device)
     labeled = {image_id: datastore.get_image_uri(image_id) for image_id in datastore.get_labeled_images()}

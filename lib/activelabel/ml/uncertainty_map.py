@@ -8,6 +8,7 @@ Maps are cached per (image, model version, metric, samples): a new model makes t
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import threading
@@ -22,6 +23,7 @@ from activelabel.ml.inference import PublishedModel, mc_dropout_samples, sliding
 from activelabel.ml.regrid import restore_to_image_grid
 from activelabel.ml.transforms import Preset, inference_transforms
 from activelabel.ml.uncertainty import UncertaintyMetric
+from activelabel.workers.compute import ComputePool
 
 
 def uncertainty_map(
@@ -42,9 +44,10 @@ def uncertainty_map(
     pre = inference_transforms(preset)
     data = pre({"image": str(image_path)})
     image = data["image"]
-    accumulator, _ = mc_dropout_samples(
-        network, image, sliding_window(preset.roi_size, overlap=overlap), samples=samples
-    )
+    with torch.inference_mode():
+        accumulator, _ = mc_dropout_samples(
+            network, image, sliding_window(preset.roi_size, overlap=overlap), samples=samples
+        )
     voxels = accumulator.voxel_maps()[metric].float()[None]
     del accumulator
     restored = restore_to_image_grid(voxels, image=image, nearest=False, dtype=torch.float32)
@@ -67,13 +70,24 @@ class UncertaintyMapCache:
         model: the published model.
         preset: pre-processing of the app.
         overlap: sliding-window overlap.
+        compute: the server's pool for interactive network passes (None: compute in the caller's thread);
+            a full pool raises :class:`~activelabel.workers.compute.ComputeBusy`.
     """
 
-    def __init__(self, directory: str | Path, *, model: PublishedModel, preset: Preset, overlap: float = 0.25) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        model: PublishedModel,
+        preset: Preset,
+        overlap: float = 0.25,
+        compute: ComputePool | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.model = model
         self.preset = preset
         self.overlap = overlap
+        self.compute = compute
         self._lock = threading.Lock()
 
     def get(
@@ -88,15 +102,16 @@ class UncertaintyMapCache:
             path = folder / f"v{info.version}-{metric.value}-n{samples}.nii.gz"
             if path.is_file():
                 return path, info.version
-            with torch.inference_mode():
-                array, affine = uncertainty_map(
-                    image_path,
-                    network=network,
-                    preset=self.preset,
-                    metric=metric,
-                    samples=samples,
-                    overlap=self.overlap,
-                )
+            compute = functools.partial(
+                uncertainty_map,
+                image_path,
+                network=network,
+                preset=self.preset,
+                metric=metric,
+                samples=samples,
+                overlap=self.overlap,
+            )
+            array, affine = compute() if self.compute is None else self.compute.run(compute)
             image = nib.Nifti1Image(array, affine)
             image.header.set_intent("estimate", name=f"{metric.value} v{info.version}")
             payload = gzip.compress(image.to_bytes(), compresslevel=1)

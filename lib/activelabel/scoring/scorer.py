@@ -132,6 +132,16 @@ def write_label(label: MetaTensor, path: str | os.PathLike[str]) -> None:
     write_itk(label[0].numpy(), str(path), np.asarray(label.affine), None, True)
 
 
+def warm_up_writer() -> None:
+    """Write and delete a tiny label, so ITK loads its modules (seconds) before a request needs them."""
+    fd, name = tempfile.mkstemp(suffix=SUFFIX, prefix="warm-")
+    os.close(fd)
+    try:
+        write_label(MetaTensor(torch.zeros((1, 2, 2, 2), dtype=torch.uint8), affine=torch.eye(4)), name)
+    finally:
+        os.unlink(name)
+
+
 def keep_presegmentation(store: PresegmentationStore, *, image_id: str, model_version: int, label: MetaTensor) -> None:
     """Write ``label`` as the pre-segmentation of ``image_id`` by ``model_version`` (atomically)."""
     fd, name = tempfile.mkstemp(suffix=SUFFIX, prefix="preseg-")

@@ -2,7 +2,12 @@
 
 Each simulated clinician is a thread with its own HTTP session and client id.  It asks a
 strategy for the next volume, runs the server's segmentation, and submits that label after
-random pauses, until the time is up or no volume is left.  The report counts what a hospital
+random pauses (``think`` before the segmentation, ``edit`` before the submission), until the
+time is up or no volume is left.  A 503 with ``Retry-After`` (the server's documented answer
+when its compute queue is full) is waited out and retried, and counted apart from failures.
+With ``train_at`` a training run is requested that many seconds into the run.  Segmentation
+latencies are also reported apart for cache hits and misses (the server's
+``X-ActiveLabel-Presegmentation`` header).  The report counts what a hospital
 team must be able to trust: duplicate serves (a volume handed to two clinicians), and
 acknowledged labels that are missing or differ from what was sent.  Loopback only.
 """
@@ -37,10 +42,13 @@ class LoadConfig:
     Attributes:
         clinicians: concurrent simulated users.
         seconds: how long they keep starting new volumes.
-        think: range of the random pause (seconds) before infer and before submit.
+        think: range of the random pause (seconds) before infer.
         strategy: the active-learning strategy asked for the next volume.
         seed: seed of the think times.
         timeout: seconds one request may take.
+        edit: range of the pause before submit, the clinician correcting the mask (default: ``think``).
+        train_at: seconds into the run at which training is requested (None: never).
+        max_retry_after: the longest ``Retry-After`` wait honoured before a retry, in seconds.
     """
 
     clinicians: int = 20
@@ -49,14 +57,25 @@ class LoadConfig:
     strategy: str = "random"
     seed: int = 0
     timeout: float = 300.0
+    edit: tuple[float, float] | None = None
+    train_at: float | None = None
+    max_retry_after: float = 10.0
 
     def __post_init__(self) -> None:
         if self.clinicians < 1:
             raise ValueError(f"clinicians must be >= 1, got {self.clinicians}")
         if self.seconds <= 0:
             raise ValueError(f"seconds must be > 0, got {self.seconds}")
-        if not 0 <= self.think[0] <= self.think[1]:
-            raise ValueError(f"think must be a range 0 <= low <= high, got {self.think}")
+        for name in ("think", "edit"):
+            pause = getattr(self, name)
+            if pause is not None and not 0 <= pause[0] <= pause[1]:
+                raise ValueError(f"{name} must be a range 0 <= low <= high, got {pause}")
+        if self.train_at is not None and not 0 <= self.train_at < self.seconds:
+            raise ValueError(f"train_at must be within the run (0 <= train_at < {self.seconds}), got {self.train_at}")
+
+    @property
+    def edit_pause(self) -> tuple[float, float]:
+        return self.think if self.edit is None else self.edit
 
 
 @dataclass
@@ -75,6 +94,10 @@ class LoadReport:
     pool_exhausted: bool = False
     latency_ms: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    busy_responses: int = 0
+    requests_per_second: float = 0.0
+    training: dict[str, object] = field(default_factory=dict)
+    model_versions_served: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -91,17 +114,36 @@ class _Recorder:
         self.requests = 0
         self.failures: list[str] = []
         self.exhausted = False
+        self.busy = 0
+        self.versions: set[int] = set()
 
-    def call(self, kind: str, send: requests.Session, method: str, url: str, **kwargs: object) -> requests.Response:
-        began = time.perf_counter()
-        response = send.request(method, url, **kwargs)
-        elapsed = (time.perf_counter() - began) * 1000
-        with self.lock:
-            self.requests += 1
-            self.latencies[kind].append(elapsed)
-            if not response.ok:
-                self.failures.append(f"{kind} {response.status_code}: {response.text[:200]}")
-        return response
+    def call(
+        self, kind: str, send: requests.Session, method: str, url: str, *, max_wait: float, **kwargs: object
+    ) -> requests.Response:
+        """One request, retried after ``Retry-After`` while the server answers 503 busy."""
+        while True:
+            began = time.perf_counter()
+            response = send.request(method, url, **kwargs)
+            elapsed = (time.perf_counter() - began) * 1000
+            retry_after = response.headers.get("Retry-After") if response.status_code == 503 else None
+            with self.lock:
+                self.requests += 1
+                if retry_after is not None:
+                    self.busy += 1
+                    self.latencies["busy"].append(elapsed)
+                else:
+                    self.latencies[kind].append(elapsed)
+                    cache = response.headers.get("X-ActiveLabel-Presegmentation")
+                    if response.ok and cache:
+                        self.latencies[f"{kind}_{cache}"].append(elapsed)
+                    version = response.headers.get("X-ActiveLabel-Model-Version")
+                    if response.ok and version is not None and version.isdigit():
+                        self.versions.add(int(version))
+                    if not response.ok:
+                        self.failures.append(f"{kind} {response.status_code}: {response.text[:200]}")
+            if retry_after is None:
+                return response
+            time.sleep(min(max_wait, float(retry_after) if retry_after.isdigit() else 1.0))
 
 
 def _clinician(name: str, url: str, config: LoadConfig, deadline: float, rng: random.Random, rec: _Recorder) -> None:
@@ -114,6 +156,7 @@ def _clinician(name: str, url: str, config: LoadConfig, deadline: float, rng: ra
                 f"{url}/activelearning/{config.strategy}",
                 json={"client_id": name},
                 timeout=config.timeout,
+                max_wait=config.max_retry_after,
             )
             if not answer.ok:
                 continue
@@ -133,11 +176,12 @@ def _clinician(name: str, url: str, config: LoadConfig, deadline: float, rng: ra
                 params={"image": image_id, "output": "image"},
                 data={"params": json.dumps({"client_id": name, "save_label": True})},
                 timeout=config.timeout,
+                max_wait=config.max_retry_after,
             )
             if not label.ok:
                 continue
             started = time.monotonic()
-            time.sleep(rng.uniform(*config.think))
+            time.sleep(rng.uniform(*config.edit_pause))
             params = {"client_id": name, "seconds_spent": round(time.monotonic() - started, 2)}
             saved = rec.call(
                 "submit",
@@ -148,6 +192,7 @@ def _clinician(name: str, url: str, config: LoadConfig, deadline: float, rng: ra
                 files={"label": (f"{image_id}.nii.gz", label.content)},
                 data={"params": json.dumps(params)},
                 timeout=config.timeout,
+                max_wait=config.max_retry_after,
             )
             if saved.ok:
                 with rec.lock:
@@ -204,14 +249,25 @@ def run_load(url: str, studies: Path, config: LoadConfig) -> LoadReport:
         )
         for i in range(config.clinicians)
     ]
+    training: dict[str, object] = {}
+    if config.train_at is not None:
+        threads.append(
+            threading.Thread(
+                target=_train_at,
+                args=(url.rstrip("/"), began, config.train_at, deadline, training),
+                name="training",
+                daemon=True,
+            )
+        )
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     lost, corrupted = check_labels(studies / "labels" / "final", rec.acknowledged)
+    seconds = time.monotonic() - began
     report = LoadReport(
-        config={**asdict(config), "think": list(config.think)},
-        seconds=time.monotonic() - began,
+        config={**asdict(config), "think": list(config.think), "edit": list(config.edit_pause)},
+        seconds=seconds,
         requests=rec.requests,
         failed_requests=len(rec.failures),
         served=sum(len(clients) for clients in rec.serves.values()),
@@ -222,5 +278,48 @@ def run_load(url: str, studies: Path, config: LoadConfig) -> LoadReport:
         pool_exhausted=rec.exhausted,
         latency_ms={kind: percentiles(values) for kind, values in sorted(rec.latencies.items())},
         errors=rec.failures[:20] + [f"lost: {i}" for i in lost] + [f"corrupted: {i}" for i in corrupted],
+        busy_responses=rec.busy,
+        requests_per_second=rec.requests / seconds if seconds else 0.0,
+        training=training,
+        model_versions_served=sorted(rec.versions),
     )
     return report
+
+
+def _train_at(url: str, began: float, after: float, deadline: float, record: dict[str, object]) -> None:
+    """Request training ``after`` seconds past ``began``; record when it was asked for and when it ended."""
+    time.sleep(max(0.0, began + after - time.monotonic()))
+    started = time.monotonic()
+    response = requests.post(f"{url}/train/segmentation", json={}, timeout=60)
+    record.update(requested_after_s=round(started - began, 1), status_code=response.status_code)
+    while time.monotonic() < deadline + 600:
+        task = requests.get(f"{url}/train/", timeout=60).json()
+        if task.get("status") in ("DONE", "ERROR"):
+            record.update(status=task.get("status"), seconds=round(time.monotonic() - started, 1))
+            return
+        time.sleep(2.0)
+    record["status"] = "still running"
+
+
+def score_pool_first(url: str, *, timeout: float = 3600.0) -> float:
+    """Score every unlabeled volume (and keep its pre-segmentation) before the clinicians start; the seconds it took.
+
+    What a lab does before a labeling session: the server ranks the pool and has the
+    pre-segmentations of the current model ready.
+
+    Raises:
+        RuntimeError: when the server refuses the scoring request or the task fails.
+    """
+    began = time.monotonic()
+    url = url.rstrip("/")
+    response = requests.post(f"{url}/scoring/epistemic", timeout=60)
+    if not response.ok:
+        raise RuntimeError(f"scoring refused ({response.status_code}): {response.text[:200]}")
+    while time.monotonic() - began < timeout:
+        task = requests.get(f"{url}/scoring/", timeout=60).json()
+        if task.get("status") == "DONE":
+            return time.monotonic() - began
+        if task.get("status") == "ERROR":
+            raise RuntimeError("scoring failed; see the server log")
+        time.sleep(1.0)
+    raise RuntimeError(f"scoring did not finish within {timeout:.0f} s")

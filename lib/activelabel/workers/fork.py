@@ -123,10 +123,17 @@ def run_app_method(argv: tuple[str, ...]) -> int:
 def finish(code: int) -> None:
     """End the process like an interpreter shutdown would, without unwinding into the worker."""
     try:
-        current = threading.current_thread()
-        for thread in threading.enumerate():
-            if thread is not current and not thread.daemon:
-                thread.join()
+        # The interpreter's own shutdown step: first the threading exit hooks (they stop idle
+        # concurrent.futures workers, which would otherwise wait for work forever), then a join of
+        # every non-daemon thread.
+        shutdown = getattr(threading, "_shutdown", None)
+        if callable(shutdown) and threading.current_thread() is threading.main_thread():
+            shutdown()
+        else:
+            current = threading.current_thread()
+            for thread in threading.enumerate():
+                if thread is not current and not thread.daemon:
+                    thread.join()
         atexit._run_exitfuncs()
     finally:
         for stream in (sys.stdout, sys.stderr):
@@ -136,7 +143,7 @@ def finish(code: int) -> None:
 
 
 def run_forked_task(
-    request: TaskRequest, *, stdout: int, stderr: int, parent: int, release: Callable[[], None]
+    request: TaskRequest, *, stdout: int, stderr: int, parent: int, release: Callable[[], None], niceness: int = 0
 ) -> None:
     """Everything a forked task process does; never returns.
 
@@ -146,9 +153,12 @@ def run_forked_task(
         stderr: the client's stderr descriptor (closed here once duplicated).
         parent: the worker's pid, to detect that it died while this process started.
         release: closes the worker's own descriptors (its socket, pipes, other clients).
+        niceness: how much lower this task's CPU priority is than the worker's.
     """
     code = 1
     try:
+        if niceness:
+            os.nice(niceness)
         die_with_parent(parent)
         reset_signals()
         release()

@@ -123,8 +123,9 @@ class Zygote:
         liveness: a descriptor whose end of file means the server is gone (the worker's stdin).
     """
 
-    def __init__(self, *, listener: socket.socket, path: str, liveness: int) -> None:
+    def __init__(self, *, listener: socket.socket, path: str, liveness: int, niceness: int = 0) -> None:
         self.listener = listener
+        self.niceness = niceness
         self.path = path
         self.liveness = liveness
         self.tasks: dict[int, RunningTask] = {}
@@ -225,7 +226,9 @@ class Zygote:
 
     def _become_task(self, request: TaskRequest, *, stdout: int, stderr: int, parent: int) -> None:
         """In the forked process: run the task, dropping the worker's descriptors first; never returns."""
-        run_forked_task(request, stdout=stdout, stderr=stderr, parent=parent, release=self._release)
+        run_forked_task(
+            request, stdout=stdout, stderr=stderr, parent=parent, release=self._release, niceness=self.niceness
+        )
 
     def _release(self) -> None:
         """Close the worker's descriptors in a forked process (after its signal handlers are reset)."""
@@ -291,10 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
     parser.add_argument("--app", default=None, help="MONAI Label app folder whose main.py to import")
-    parser.add_argument("--niceness", type=int, default=0, help="lower this process's (and its tasks') CPU priority")
+    parser.add_argument("--niceness", type=int, default=0, help="how much lower the forked tasks' CPU priority is")
     args = parser.parse_args(argv)
-    if args.niceness:
-        os.nice(args.niceness)
     configure_logging()
     seconds = preload(args.app)
     reason = fork_unsafe_reason()
@@ -303,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return UNSAFE_TO_FORK
     listener = listen(args.socket)
     logger.info("task worker ready in %.1f s on %s", seconds, args.socket)
-    Zygote(listener=listener, path=args.socket, liveness=sys.stdin.fileno()).serve()
+    Zygote(listener=listener, path=args.socket, liveness=sys.stdin.fileno(), niceness=args.niceness).serve()
     return 0
 
 
