@@ -8,7 +8,7 @@ next sample, infer (cache hits and misses apart) and submit, 503 answers, duplic
 and lost or corrupted labels, and writes ``bench/results/load.json``.  Run with ``make bench``.
 
 Clinicians pause ``--think`` seconds before asking for the pre-segmentation and ``--edit``
-seconds correcting it before submitting (default 20-60 s: still several times faster than a
+seconds correcting it before submitting (default 60-120 s: still faster than a
 clinician corrects a 3D mask).  ``--edit 1 5`` is the earlier, harsher profile.
 """
 
@@ -53,8 +53,8 @@ def main() -> None:
     parser.add_argument("--clinicians", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--think", type=float, nargs=2, default=(1.0, 5.0), metavar=("MIN", "MAX"))
-    parser.add_argument("--edit", type=float, nargs=2, default=(20.0, 60.0), metavar=("MIN", "MAX"))
-    parser.add_argument("--pool", type=int, default=400, help="volumes in the datastore (enough for the run)")
+    parser.add_argument("--edit", type=float, nargs=2, default=(60.0, 120.0), metavar=("MIN", "MAX"))
+    parser.add_argument("--pool", type=int, default=200, help="volumes in the datastore (enough for the run)")
     parser.add_argument("--strategy", default="most_uncertain")
     parser.add_argument("--train-at", type=float, default=None, help="seconds into the run (default: half-way)")
     parser.add_argument("--no-prescore", action="store_true", help="start without scoring the pool first")
@@ -108,7 +108,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"requests served     {report.requests} in {report.seconds:.0f} s ({report.requests_per_second:.1f}/s)")
-    print(f"failed requests     {report.failed_requests}; 503 busy answers (retried) {report.busy_responses}")
+    print(
+        f"failed requests     {report.failed_requests}; 503 busy answers (retried) {report.busy_responses}; "
+        f"requests resent on a new connection {report.reconnects}"
+    )
     print(f"volumes submitted   {report.submitted} (served {report.served}; pool exhausted: {report.pool_exhausted})")
     for kind, figures in report.latency_ms.items():
         p50, p99_ms = figures["p50"], figures["p99"]

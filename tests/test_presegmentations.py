@@ -31,6 +31,17 @@ def _infer(server: ServerProcess, image_id: str, **params: object) -> requests.R
     return response
 
 
+def _submit(server: ServerProcess, image_id: str, label: bytes) -> None:
+    saved = requests.put(
+        f"{server.url}/datastore/label",
+        params={"image": image_id, "tag": "final"},
+        files={"label": (f"{image_id}.nii.gz", label)},
+        data={"params": json.dumps({"client_id": "preseg-test"})},
+        timeout=120,
+    )
+    assert saved.status_code == 200, saved.text
+
+
 def _label(content: bytes, path: Path) -> nib.Nifti1Image:
     path.write_bytes(content)
     return nib.load(path)
@@ -88,15 +99,7 @@ def test_a_request_with_cache_false_runs_the_network_on_the_same_grid(scored: Se
 
 
 def test_a_labeled_volume_drops_its_presegmentation(scored: ServerProcess, tmp_path: Path) -> None:
-    label = _infer(scored, "ct_005").content
-    saved = requests.put(
-        f"{scored.url}/datastore/label",
-        params={"image": "ct_005", "tag": "final"},
-        files={"label": ("ct_005.nii.gz", label)},
-        data={"params": json.dumps({"client_id": "preseg-test"})},
-        timeout=120,
-    )
-    assert saved.status_code == 200, saved.text
+    _submit(scored, "ct_005", _infer(scored, "ct_005").content)
     assert not (scored.state_dir / "presegmentations" / "ct_005").exists()
 
 
@@ -129,15 +132,7 @@ def test_a_new_model_and_a_submission_start_scoring_the_rest_of_the_pool(server_
     assert server.wait_for_task("train")["status"] == "DONE"
     assert _status(server)["scores"]["stale"] == 2  # of three unlabeled, the refresh re-scored one
 
-    label = _infer(server, "ct_002").content
-    saved = requests.put(
-        f"{server.url}/datastore/label",
-        params={"image": "ct_002", "tag": "final"},
-        files={"label": ("ct_002.nii.gz", label)},
-        data={"params": json.dumps({"client_id": "rescore-test"})},
-        timeout=120,
-    )
-    assert saved.status_code == 200, saved.text
+    _submit(server, "ct_002", _infer(server, "ct_002").content)
     task = server.wait_for_task("scoring")
 
     assert task["status"] == "DONE", server.log_tail()

@@ -10,12 +10,12 @@ validation volumes it is sent back to the labeling pool instead of counting as a
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
 import requests
 
+from activelabel.commands.server_options import add_server_options
 from activelabel.errors import ActiveLabelError
 from activelabel.server.status import AUTO_TAG
 
@@ -93,13 +93,8 @@ def run_autolabel(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``autolabel`` to the ``activelabel`` command line."""
     parser = subparsers.add_parser("autolabel", help="label every unlabeled volume with the current model")
-    parser.add_argument("--server", default="http://127.0.0.1:8000", help="server URL (default: %(default)s)")
     parser.add_argument("--model", default="segmentation", help="infer task (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait for the job")
     parser.add_argument("--no-wait", action="store_true", help="start the job and return")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("ACTIVELABEL_TOKEN"),
-        help="an admin's API token for a server with access control (default: $ACTIVELABEL_TOKEN)",
-    )
+    add_server_options(parser, token_of="an admin's")
     parser.set_defaults(func=run_autolabel)

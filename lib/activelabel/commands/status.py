@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 import requests
 
+from activelabel.commands.server_options import add_server_options
 from activelabel.errors import ActiveLabelError
 
 
@@ -74,11 +74,6 @@ def run_status(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``status`` to the ``activelabel`` command line."""
     parser = subparsers.add_parser("status", help="a running server's project numbers, queue and cache")
-    parser.add_argument("--server", default="http://127.0.0.1:8000", help="server URL (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the server's whole answer as JSON")
-    parser.add_argument(
-        "--token",
-        default=os.environ.get("ACTIVELABEL_TOKEN"),
-        help="an API token for a server with access control (default: $ACTIVELABEL_TOKEN)",
-    )
+    add_server_options(parser, token_of="an")
     parser.set_defaults(func=run_status)

@@ -98,6 +98,7 @@ class LoadReport:
     requests_per_second: float = 0.0
     training: dict[str, object] = field(default_factory=dict)
     model_versions_served: list[int] = field(default_factory=list)
+    reconnects: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -116,14 +117,27 @@ class _Recorder:
         self.exhausted = False
         self.busy = 0
         self.versions: set[int] = set()
+        self.reconnects = 0
 
     def call(
         self, kind: str, send: requests.Session, method: str, url: str, *, max_wait: float, **kwargs: object
     ) -> requests.Response:
-        """One request, retried after ``Retry-After`` while the server answers 503 busy."""
+        """One request, retried after ``Retry-After`` while the server answers 503 busy.
+
+        A kept-alive connection the server closed while idle (uvicorn closes them after 5 s)
+        resets when reused; like a browser, the request is sent once more on a new connection,
+        and counted in ``reconnects``.
+        """
         while True:
             began = time.perf_counter()
-            response = send.request(method, url, **kwargs)
+            try:
+                response = send.request(method, url, **kwargs)
+            except requests.ConnectionError:
+                with self.lock:
+                    self.reconnects += 1
+                send.close()  # drop the pooled connections; the retry opens a new one
+                began = time.perf_counter()
+                response = send.request(method, url, **kwargs)
             elapsed = (time.perf_counter() - began) * 1000
             retry_after = response.headers.get("Retry-After") if response.status_code == 503 else None
             with self.lock:
@@ -282,6 +296,7 @@ def run_load(url: str, studies: Path, config: LoadConfig) -> LoadReport:
         requests_per_second=rec.requests / seconds if seconds else 0.0,
         training=training,
         model_versions_served=sorted(rec.versions),
+        reconnects=rec.reconnects,
     )
     return report
 
