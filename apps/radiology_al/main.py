@@ -77,6 +77,7 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             compute=self.compute,
         )
         self._last_submission: dict[str, dict[str, Any]] = {}
+        self._rescored_version: int | None = None
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -167,11 +168,12 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         """
         if not self.settings.rescore_after_training or not self._server_mode:
             return
+        model = self.model_store.info()
+        if model is None or model.version == self._rescored_version:
+            return  # the pool scan below runs once per model version, not on every submission
         if task_pending("train") or task_pending("scoring"):
             return
-        model = self.model_store.info()
-        if model is None:
-            return
+        self._rescored_version = model.version
         if self.score_store.freshness(self._datastore.get_unlabeled_images(), model.version).stale:
             logger.info("scores older than model version %d: starting scoring", model.version)
             self.async_scoring("epistemic")

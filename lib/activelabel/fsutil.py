@@ -10,15 +10,16 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], None], *, suffix: str = ".tmp") -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it over.
 
     The temporary file lives in the destination directory so the rename is atomic on
-    POSIX file systems; it is removed if ``write`` fails.
+    POSIX file systems; it is removed if ``write`` fails.  Its name starts with a dot and
+    ends with ``suffix`` (a writer that picks the format by extension needs the real one).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -144,13 +144,7 @@ def warm_up_writer() -> None:
 
 def keep_presegmentation(store: PresegmentationStore, *, image_id: str, model_version: int, label: MetaTensor) -> None:
     """Write ``label`` as the pre-segmentation of ``image_id`` by ``model_version`` (atomically)."""
-    fd, name = tempfile.mkstemp(suffix=SUFFIX, prefix="preseg-")
-    os.close(fd)
-    try:
-        write_label(label, name)
-        store.put(image_id, model_version, name)
-    finally:
-        os.unlink(name)
+    store.write(image_id, model_version, lambda tmp: write_label(label, tmp))
 
 
 def record_score(

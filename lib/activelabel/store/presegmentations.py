@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,7 +64,11 @@ class PresegmentationStore:
 
     def put(self, image_id: str, model_version: int, source: str | Path) -> Path:
         """Store a copy of the label file ``source``, replacing the image's older versions."""
-        path = atomic_write(self.path(image_id, model_version), lambda tmp: shutil.copyfile(source, tmp))
+        return self.write(image_id, model_version, lambda tmp: shutil.copyfile(source, tmp))
+
+    def write(self, image_id: str, model_version: int, write: Callable[[Path], None]) -> Path:
+        """Store what ``write(tmp)`` writes to a ``.nii.gz`` path, atomically; the image's older versions go."""
+        path = atomic_write(self.path(image_id, model_version), write, suffix=SUFFIX)
         for other in path.parent.glob(f"v*{SUFFIX}"):
             if other != path and _version(other) is not None and _version(other) < model_version:
                 other.unlink(missing_ok=True)

@@ -171,10 +171,9 @@ class SegmentationInfer(BasicInferTask):
         began = time.perf_counter()
         info = self.store.info()
         assert self.presegmentations is not None
-        path = self.presegmentations.copy_out(request[REQUEST_IMAGE_ID], info.version) if info else None
-        if path is None:
+        path = self.presegmentations.copy_out(request[REQUEST_IMAGE_ID], info.version) if info is not None else None
+        if info is None or path is None:
             return None
-        assert info is not None
         self._record(CacheResult.HIT, info.version, cacheable=True)
         result = {
             "label_names": self.labels,

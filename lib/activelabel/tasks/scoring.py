@@ -72,12 +72,9 @@ class EpistemicScoring(ScoringMethod):
         network, info = load_model(self.model_store, device=self.settings.device)
         # The head of the ranking first: the volumes served next get their fresh score and
         # pre-segmentation first.
+        unlabeled = datastore.get_unlabeled_images()
         order = next_candidates(
-            datastore.get_unlabeled_images(),
-            scores=self.score_store,
-            metric=self.settings.uncertainty_metric,
-            leased=(),
-            count=len(datastore.get_unlabeled_images()),
+            unlabeled, scores=self.score_store, metric=self.settings.uncertainty_metric, leased=(), count=len(unlabeled)
         )
         images = {image_id: datastore.get_image_uri(image_id) for image_id in order}
         report = self._score_unlabeled(

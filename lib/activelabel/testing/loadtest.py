@@ -121,12 +121,12 @@ class _Recorder:
 
     def call(
         self, kind: str, send: requests.Session, method: str, url: str, *, max_wait: float, **kwargs: object
-    ) -> requests.Response:
+    ) -> requests.Response | None:
         """One request, retried after ``Retry-After`` while the server answers 503 busy.
 
         A kept-alive connection the server closed while idle (uvicorn closes them after 5 s)
         resets when reused; like a browser, the request is sent once more on a new connection,
-        and counted in ``reconnects``.
+        and counted in ``reconnects``.  A request that fails again is a failure (None).
         """
         while True:
             began = time.perf_counter()
@@ -137,7 +137,13 @@ class _Recorder:
                     self.reconnects += 1
                 send.close()  # drop the pooled connections; the retry opens a new one
                 began = time.perf_counter()
-                response = send.request(method, url, **kwargs)
+                try:
+                    response = send.request(method, url, **kwargs)
+                except requests.RequestException as error:
+                    with self.lock:
+                        self.requests += 1
+                        self.failures.append(f"{kind} {type(error).__name__}: {error}")
+                    return None
             elapsed = (time.perf_counter() - began) * 1000
             retry_after = response.headers.get("Retry-After") if response.status_code == 503 else None
             with self.lock:
@@ -172,7 +178,7 @@ def _clinician(name: str, url: str, config: LoadConfig, deadline: float, rng: ra
                 timeout=config.timeout,
                 max_wait=config.max_retry_after,
             )
-            if not answer.ok:
+            if answer is None or not answer.ok:
                 continue
             image_id = answer.json().get("id")
             if not image_id:
@@ -192,7 +198,7 @@ def _clinician(name: str, url: str, config: LoadConfig, deadline: float, rng: ra
                 timeout=config.timeout,
                 max_wait=config.max_retry_after,
             )
-            if not label.ok:
+            if label is None or not label.ok:
                 continue
             started = time.monotonic()
             time.sleep(rng.uniform(*config.edit_pause))
@@ -208,7 +214,7 @@ def _clinician(name: str, url: str, config: LoadConfig, deadline: float, rng: ra
                 timeout=config.timeout,
                 max_wait=config.max_retry_after,
             )
-            if saved.ok:
+            if saved is not None and saved.ok:
                 with rec.lock:
                     rec.acknowledged[image_id] = hashlib.sha256(label.content).hexdigest()
 

@@ -66,6 +66,7 @@ class TaskWorker:
     Args:
         app_dir: the MONAI Label app folder whose ``main.py`` the worker imports in advance.
         restart_interval: the least seconds between two starts of the worker.
+        niceness: how much lower the CPU priority of the tasks it forks is (the worker itself keeps the server's).
     """
 
     def __init__(self, *, app_dir: str | None, restart_interval: float = RESTART_INTERVAL, niceness: int = 0) -> None:
@@ -142,7 +143,7 @@ class WorkerSubprocess:
     """Stands in for the ``subprocess`` module inside MONAI Label's task runner.
 
     ``Popen`` of the stock task command starts the task client instead while the worker
-    runs (the worker itself runs at the lower priority), and otherwise starts the stock
+    runs (the worker forks the task ``niceness`` lower), and otherwise starts the stock
     command ``niceness`` lower; every other name is the real module's.
     """
 
