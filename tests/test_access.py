@@ -37,6 +37,9 @@ sys.path.insert(0, str(EXTENSION))
 
 from ActiveLabelLib.client import ActiveLabelClient  # noqa: E402
 from ActiveLabelLib.errors import ActiveLabelError  # noqa: E402
+from ActiveLabelLib.login import Login  # noqa: E402
+from ActiveLabelLib.session import LabelingSession  # noqa: E402
+from ActiveLabelLib.settings import JsonFileStore, Settings  # noqa: E402
 
 TOKENS = {"ann": "token-of-ann-0123456789", "rev": "token-of-rev-0123456789", "adm": "token-of-adm-0123456789"}
 PASSWORD = "correct horse battery"
@@ -403,6 +406,77 @@ def test_slicer_client_sends_its_token(secured: ServerProcess) -> None:
         ActiveLabelClient(secured.url).info()
     assert caught.value.status == 401
     assert "authentication required" in str(caught.value)
+
+
+def _slicer_session(server: ServerProcess, login: Login, workdir: Path) -> LabelingSession:
+    """A Slicer module session logged in as the panel's fields say (what ``open_session`` builds)."""
+    client = ActiveLabelClient(server.url, client_id=login.user, token=login.token, password=login.password)
+    return LabelingSession(client, workdir=workdir)
+
+
+def test_the_slicer_module_logs_in_with_a_token(secured: ServerProcess, tmp_path: Path) -> None:
+    session = _slicer_session(secured, Login.from_form(user="ann", token=TOKENS["ann"]), tmp_path)
+    assert "segmentation" in session.connect().models
+    sample = session.next_sample("random")
+    stored = nib.load(secured.studies / f"{sample.image_id}.nii.gz")
+    assert nib.load(sample.image_file).shape == stored.shape  # the download carried the token too
+    assert session.skip().released_on_server
+
+
+def test_the_slicer_module_logs_in_with_a_user_name_and_password(secured: ServerProcess, tmp_path: Path) -> None:
+    session = _slicer_session(secured, Login.from_form(user="rev", password=PASSWORD), tmp_path)
+    summary = session.connect()
+    assert "segmentation" in summary.models
+    assert summary.total == 4
+
+
+@pytest.mark.parametrize(
+    ("login", "message"),
+    [
+        (
+            Login(user="rev", password="wrong password"),
+            "Connecting failed: the server refused the login (401: wrong user name or password); "
+            "check the user name and password",
+        ),
+        (
+            Login(user="ann", token="forged-token"),
+            "Connecting failed: the server refused the login (401: invalid or revoked token); check the token",
+        ),
+        (
+            Login(user="ann"),
+            "Connecting failed: the server refused the login (401: authentication required: send "
+            "'Authorization: Bearer <token>'); this server needs a login: enter a token, or a user name and password",
+        ),
+    ],
+)
+def test_a_wrong_login_gives_the_servers_reason_in_one_line(
+    secured: ServerProcess, tmp_path: Path, login: Login, message: str
+) -> None:
+    with pytest.raises(ActiveLabelError) as refused:
+        _slicer_session(secured, login, tmp_path).connect()
+    assert str(refused.value) == message
+    assert refused.value.status == 401
+
+
+def test_the_settings_written_after_a_login_hold_no_password(secured: ServerProcess, tmp_path: Path) -> None:
+    store = JsonFileStore(tmp_path / "settings.json")
+    password_login = Login.from_form(user="rev", password=PASSWORD)
+    _slicer_session(secured, password_login, tmp_path).connect()
+    Settings().with_server(secured.url).with_login(password_login).save(store)
+    written = (tmp_path / "settings.json").read_text()
+    assert PASSWORD not in written
+    assert base64.b64encode(f"rev:{PASSWORD}".encode()).decode() not in written
+    assert "password" not in written.lower()
+    assert Settings.load(store).user == "rev"
+    assert Settings.load(store).token == ""
+
+    token_login = Login.from_form(user="ann", token=TOKENS["ann"])
+    _slicer_session(secured, token_login, tmp_path).connect()
+    Settings.load(store).with_login(token_login).save(store)
+    remembered = Settings.load(store)
+    assert (remembered.user, remembered.token) == ("ann", TOKENS["ann"])  # a token is remembered, by design
+    again = _slicer_session(secured, Login.from_form(user=remembered.user, token=remembered.token), tmp_path)
+    assert "segmentation" in again.connect().models
 
 
 def test_autolabel_sends_the_token(

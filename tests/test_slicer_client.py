@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import requests
 import slicer
+from nibabel.affines import apply_affine
 
 from activelabel.config import KEYS
 from activelabel.ml.uncertainty import VolumeUncertainty
@@ -30,6 +31,7 @@ EXTENSION = Path(__file__).resolve().parents[1] / "slicer_extension" / "ActiveLa
 sys.path.insert(0, str(EXTENSION))
 
 from ActiveLabelLib import multipart, nodes  # noqa: E402
+from ActiveLabelLib.clicks import ClickSet  # noqa: E402
 from ActiveLabelLib.client import ActiveLabelClient  # noqa: E402
 from ActiveLabelLib.conversions import nifti_geometry  # noqa: E402
 from ActiveLabelLib.errors import ActiveLabelError, server_detail  # noqa: E402
@@ -100,7 +102,9 @@ def _wait(progress: callable, what: str, server: ServerProcess) -> TaskProgress:
 
 def test_connect_shows_app_models_strategies_and_progress(session: LabelingSession) -> None:
     summary = session.connect()
-    assert summary.models == ("segmentation",)
+    assert summary.models[0] == "segmentation"
+    assert set(summary.models) <= {"segmentation", "refine"}  # refine corrects, it is never the session's model
+    assert session.model == "segmentation"
     assert {"most_uncertain", "diverse", "random"} <= set(summary.strategies)
     assert summary.label_names == LABELS
     assert (summary.labeled, summary.total) == (1, 4)
@@ -530,3 +534,42 @@ def test_a_next_sample_request_with_a_malformed_exclude_list_is_refused(roomy: S
     answer = requests.post(f"{roomy.url}/activelearning/random", json={"exclude": "ct_001"}, timeout=30)
     assert answer.status_code == 422
     assert "exclude must be a list of image ids" in answer.json()["detail"]
+
+
+def test_refine_sends_the_mask_and_clicks_and_gets_a_label_map_on_the_image_grid(
+    roomy: ServerProcess, tmp_path: Path
+) -> None:
+    session = LabelingSession(ActiveLabelClient(roomy.url, client_id="refiner"), workdir=tmp_path)
+    assert session.connect().can_refine
+    assert session.model == "segmentation"
+    sample = session.next_sample("random")
+    pre = session.segment()
+    image = nib.load(sample.image_file)
+    truth = np.asarray(nib.load(roomy.studies / "truth" / f"{sample.image_id}.nii.gz").dataobj)
+    inside = np.argwhere(truth == LABELS["liver"])
+    missed_liver = apply_affine(image.affine, inside[len(inside) // 2])  # a voxel the clinician says is liver
+    not_liver = apply_affine(image.affine, np.argwhere(truth == 0)[0])
+    clicks = ClickSet.of(positive={"liver": [missed_liver]}, negative={"liver": [not_liver]})
+    started = session.seconds_on_sample()
+
+    refined = session.refine(pre.label_file, clicks)
+
+    label = nib.load(refined.label_file)
+    assert label.shape == image.shape
+    np.testing.assert_allclose(label.affine, image.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, *LABELS.values()}
+    assert refined.label_names == LABELS
+    assert session.presegmentation == pre  # the model's own output stays the pre-segmentation
+    assert session.seconds_on_sample() >= started  # refining is part of the work being timed
+    own = nib.load(session.refine(None, clicks).label_file)  # no mask: the server refines its own segmentation
+    assert own.shape == image.shape
+    session.skip()
+
+
+def test_refine_without_a_click_says_to_place_one(roomy: ServerProcess, tmp_path: Path) -> None:
+    session = LabelingSession(ActiveLabelClient(roomy.url, client_id="refiner-2"), workdir=tmp_path)
+    session.connect()
+    session.next_sample("random")
+    with pytest.raises(ActiveLabelError, match="place at least one positive or negative click before refining"):
+        session.refine(None, ClickSet())
+    session.skip()

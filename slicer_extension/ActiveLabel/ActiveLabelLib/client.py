@@ -18,9 +18,13 @@ from typing import Any
 
 from . import multipart
 from .errors import ActiveLabelError
+from .login import Login
 
 DEFAULT_TIMEOUT = 120.0
 """Seconds one request may take; infer on a large CT on CPU takes tens of seconds."""
+
+REFINE_MODEL = "refine"
+"""The server's click-based correction task (an infer task, listed among the ``models`` of ``/info/``)."""
 
 _FILENAME = re.compile(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)\"?", re.IGNORECASE)
 
@@ -76,10 +80,22 @@ class ActiveLabelClient:
         timeout: seconds per request.
         token: API token for a server with access control, sent as ``Authorization: Bearer``; the
             server then records the token's user as the author, whatever ``client_id`` says.
+        password: the password of user ``client_id``, sent as HTTP Basic (when there is no token);
+            kept in memory only.
+
+    Raises:
+        ActiveLabelError: for an address without ``http(s)://`` or an inconsistent login
+            (see :meth:`Login.from_form <ActiveLabelLib.login.Login.from_form>`).
     """
 
     def __init__(
-        self, server_url: str, *, client_id: str = "", timeout: float = DEFAULT_TIMEOUT, token: str = ""
+        self,
+        server_url: str,
+        *,
+        client_id: str = "",
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str = "",
+        password: str = "",
     ) -> None:
         url = server_url.strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
@@ -87,7 +103,12 @@ class ActiveLabelClient:
         self.server_url = url
         self.client_id = client_id.strip()
         self.timeout = timeout
-        self.token = token.strip()
+        self.login = Login.from_form(user=self.client_id, token=token, password=password)
+
+    @property
+    def token(self) -> str:
+        """The API token sent with every request (empty without one)."""
+        return self.login.token
 
     def info(self) -> dict[str, Any]:
         """``GET /info/``: app name, models with their labels, strategies, scoring methods."""
@@ -117,16 +138,35 @@ class ActiveLabelClient:
         """``POST /infer/{model}?image=ID``: the segmentation and its JSON (label names, model version)."""
         fields = {"params": json.dumps(self._with_client_id(params))}
         path = f"/infer/{urllib.parse.quote(model, safe='')}"
-        answer = self._call("POST", path, query={"image": image_id}, form=(fields, {}), action="Segmenting the image")
-        form = multipart.decode(answer.content_type, answer.body)
-        if not form.files:
-            raise ActiveLabelError("Segmenting the image failed: the server's answer holds no label file")
-        label = next(iter(form.files.values()))
-        try:
-            params_out = json.loads(form.fields.get("params") or "{}")
-        except ValueError:
-            params_out = {}
-        return InferAnswer(label=label, params=params_out if isinstance(params_out, dict) else {})
+        action = "Segmenting the image"
+        answer = self._call("POST", path, query={"image": image_id}, form=(fields, {}), action=action)
+        return _infer_answer(answer, action=action)
+
+    def refine(
+        self,
+        image_id: str,
+        clicks: Mapping[str, Any],
+        *,
+        label: multipart.FilePart | None = None,
+        model: str = REFINE_MODEL,
+    ) -> InferAnswer:
+        """``POST /infer/refine?image=ID``: the segmentation corrected by the clinician's clicks.
+
+        Args:
+            image_id: the image the clicks were placed on.
+            clicks: MONAI Label's DeepEdit click parameters, ``{label name: [[i, j, k], ...],
+                "background": [[i, j, k], ...]}`` in voxel indices of the image file
+                (:meth:`ActiveLabelLib.clicks.ClickSet.params`).
+            label: the current mask (a label map on the image's grid), sent as the ``label`` file;
+                without it the server refines its own segmentation.
+            model: the server's refine task.
+        """
+        fields = {"params": json.dumps(self._with_client_id(clicks))}
+        files = {"label": label} if label is not None else {}
+        path = f"/infer/{urllib.parse.quote(model, safe='')}"
+        action = "Refining the segmentation"
+        answer = self._call("POST", path, query={"image": image_id}, form=(fields, files), action=action)
+        return _infer_answer(answer, action=action)
 
     def uncertainty_map(self, image_id: str, *, metric: str | None = None) -> UncertaintyMapAnswer:
         """``GET /activelabel/uncertainty-map?image=ID``: the current model's voxel uncertainty.
@@ -237,8 +277,9 @@ class ActiveLabelClient:
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data, headers = None, {"Accept": "application/json, multipart/form-data, */*"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
+        authorization = self.login.authorization()
+        if authorization:
+            headers["Authorization"] = authorization
         if json_body is not None:
             data, headers["Content-Type"] = json.dumps(json_body).encode(), "application/json"
         elif form is not None:
@@ -254,6 +295,8 @@ class ActiveLabelClient:
                     headers={key.lower(): value for key, value in response.headers.items()},
                 )
         except urllib.error.HTTPError as error:
+            if error.code == 401:
+                raise ActiveLabelError.login_refused(action, self.login.kind, error.read()) from None
             raise ActiveLabelError.from_http(action, error.code, error.read()) from None
         except urllib.error.URLError as error:
             raise ActiveLabelError.unreachable(action, self.server_url, error.reason) from None
@@ -262,3 +305,16 @@ class ActiveLabelClient:
             raise ActiveLabelError(message) from None
         except OSError as error:
             raise ActiveLabelError.unreachable(action, self.server_url, error) from None
+
+
+def _infer_answer(answer: Answer, *, action: str) -> InferAnswer:
+    """The label file and JSON of an infer answer (MONAI Label's multipart ``params`` + file)."""
+    form = multipart.decode(answer.content_type, answer.body)
+    if not form.files:
+        raise ActiveLabelError(f"{action} failed: the server's answer holds no label file")
+    label = next(iter(form.files.values()))
+    try:
+        params_out = json.loads(form.fields.get("params") or "{}")
+    except ValueError:
+        params_out = {}
+    return InferAnswer(label=label, params=params_out if isinstance(params_out, dict) else {})

@@ -28,6 +28,20 @@ class ActiveLabelError(Exception):
         return cls(f"{action} failed: the server answered {status}{reason}", status=status, detail=detail)
 
     @classmethod
+    def login_refused(cls, action: str, login_kind: str, body: bytes) -> ActiveLabelError:
+        """An error for a 401: the server's reason and which login field to check.
+
+        ``login_kind`` is :attr:`ActiveLabelLib.login.Login.kind` (``token``, ``password``, ``none``).
+        """
+        detail = server_detail(body) or "authentication required"
+        advice = {
+            "token": "check the token",
+            "password": "check the user name and password",
+        }.get(login_kind, "this server needs a login: enter a token, or a user name and password")
+        message = f"{action} failed: the server refused the login (401: {detail}); {advice}"
+        return cls(message, status=401, detail=detail)
+
+    @classmethod
     def unreachable(cls, action: str, url: str, reason: object) -> ActiveLabelError:
         """An error for a server that cannot be reached (refused, unknown host, timeout)."""
         return cls(f"{action} failed: cannot reach the server at {url} ({reason})")

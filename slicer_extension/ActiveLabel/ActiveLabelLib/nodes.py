@@ -8,7 +8,7 @@ Every function takes the scene explicitly instead of using the application's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import slicer
 import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray
 
+from .clicks import ClickSet
 from .conversions import (
     VolumeGeometry,
     compose_label_map,
@@ -32,6 +33,12 @@ _TEMP = "__activelabel_temp__"
 
 OVERLAY_COLORS = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
 """Slicer's built-in colour table for the uncertainty overlay (blue: sure, red: unsure)."""
+
+CLICK_ATTRIBUTE = "ActiveLabel.clicks"
+"""Node attribute that marks a click node: ``<segment>|+`` (positive) or ``<segment>|-`` (negative)."""
+
+CLICK_COLORS = {True: (0.20, 0.80, 0.20), False: (0.90, 0.20, 0.20)}
+"""Positive clicks green, negative clicks red."""
 
 
 def read_volume(scene: Any, path: str | Path, *, name: str, label: bool = False, display: bool = True) -> Any:
@@ -90,19 +97,99 @@ def load_segmentation(
 
     Every label gets a segment, empty ones too, so the Segment Editor offers all of them.
     """
-    labels = read_volume(scene, label_path, name=_TEMP, label=True, display=False)
-    try:
-        mismatch = volume_geometry(reference).mismatch(volume_geometry(labels))
-        if mismatch:
-            raise ActiveLabelError(f"the segmentation does not fit the image: {mismatch}")
-        masks = split_label_map(arrayFromVolume(labels), label_names)
-    finally:
-        remove_nodes(scene, labels)
+    masks = _read_masks(scene, label_path, reference=reference, label_names=label_names)
     segmentation = new_segmentation(scene, reference=reference, label_names=label_names, name=name)
     for segment_id, mask in masks.items():
         if mask.any():
             set_segment_mask(scene, segmentation, segment_id, mask, reference=reference)
     return segmentation
+
+
+def replace_segments(
+    scene: Any,
+    segmentation: Any,
+    label_path: str | Path,
+    *,
+    reference: Any,
+    label_names: Mapping[str, int],
+    names: Iterable[str],
+) -> None:
+    """Replace segments ``names`` with their voxels in a label map file (a refinement); others stay.
+
+    Only the clicked segments are replaced, so edits of the other segments are kept.
+    """
+    masks = _read_masks(scene, label_path, reference=reference, label_names=label_names)
+    for name in names:
+        if name not in masks:
+            raise ActiveLabelError(f"the refined label map has no label {name!r}; it has {', '.join(masks)}.")
+        if segmentation.GetSegmentation().GetSegment(name) is None:
+            spec = next(spec for spec in segment_specs(label_names) if spec.name == name)
+            segmentation.GetSegmentation().AddEmptySegment(spec.name, spec.name, spec.color)
+        set_segment_mask(scene, segmentation, name, masks[name], reference=reference)
+
+
+def _read_masks(
+    scene: Any, label_path: str | Path, *, reference: Any, label_names: Mapping[str, int]
+) -> dict[str, np.ndarray]:
+    """Every label's mask (Slicer order) from a label map file that must lie on the reference grid."""
+    labels = read_volume(scene, label_path, name=_TEMP, label=True, display=False)
+    try:
+        mismatch = volume_geometry(reference).mismatch(volume_geometry(labels))
+        if mismatch:
+            raise ActiveLabelError(f"the segmentation does not fit the image: {mismatch}")
+        return split_label_map(arrayFromVolume(labels), label_names)
+    finally:
+        remove_nodes(scene, labels)
+
+
+def click_node(scene: Any, segment: str, *, positive: bool) -> Any:
+    """The markups fiducial node holding one segment's positive (or negative) clicks; made on first use."""
+    tag = f"{segment}|{'+' if positive else '-'}"
+    for node in _click_nodes(scene):
+        if node.GetAttribute(CLICK_ATTRIBUTE) == tag:
+            return node
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{segment} {'+' if positive else '-'} clicks")
+    node.SetAttribute(CLICK_ATTRIBUTE, tag)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetSelectedColor(*CLICK_COLORS[positive])
+        display.SetColor(*CLICK_COLORS[positive])
+    return node
+
+
+def clicks_from_nodes(scene: Any) -> ClickSet:
+    """Every click node's points (RAS mm) as a :class:`ClickSet`."""
+    positive: dict[str, list[tuple[float, float, float]]] = {}
+    negative: dict[str, list[tuple[float, float, float]]] = {}
+    for node in _click_nodes(scene):
+        segment, _, sign = node.GetAttribute(CLICK_ATTRIBUTE).rpartition("|")
+        points = (positive if sign == "+" else negative).setdefault(segment, [])
+        for index in range(node.GetNumberOfControlPoints()):
+            position = [0.0, 0.0, 0.0]
+            node.GetNthControlPointPositionWorld(index, position)
+            points.append((position[0], position[1], position[2]))
+    return ClickSet.of(positive=positive, negative=negative)
+
+
+def show_clicks_of(scene: Any, segment: str | None) -> None:
+    """Show the click nodes of ``segment`` only (none when ``None``)."""
+    for node in _click_nodes(scene):
+        display = node.GetDisplayNode()
+        if display is not None:
+            display.SetVisibility(node.GetAttribute(CLICK_ATTRIBUTE).rpartition("|")[0] == segment)
+
+
+def remove_clicks(scene: Any) -> None:
+    """Remove every click node (a new sample, or after the clicks were used)."""
+    for node in _click_nodes(scene):
+        remove_nodes(scene, node)
+
+
+def _click_nodes(scene: Any) -> list[Any]:
+    collection = scene.GetNodesByClass("vtkMRMLMarkupsFiducialNode")
+    found = [collection.GetItemAsObject(index) for index in range(collection.GetNumberOfItems())]
+    return [node for node in found if node.GetAttribute(CLICK_ATTRIBUTE)]
 
 
 def new_segmentation(scene: Any, *, reference: Any, label_names: Mapping[str, int], name: str) -> Any:
@@ -229,3 +316,18 @@ def remove_nodes(scene: Any, *nodes: Any) -> None:
         if storage is not None:
             scene.RemoveNode(storage)
         scene.RemoveNode(node)
+
+
+def start_placing(scene: Any, node: Any) -> None:
+    """Put the views in persistent place mode: each click in a view adds a point to ``node``.
+
+    Uses the scene's selection and interaction singletons (the application's, inside Slicer).
+    """
+    selection = scene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+    interaction = scene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+    if selection is None or interaction is None:
+        raise ActiveLabelError("this scene has no selection or interaction node; clicks are placed in Slicer's views")
+    selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+    selection.SetActivePlaceNodeID(node.GetID())
+    interaction.SetPlaceModePersistence(1)
+    interaction.SetCurrentInteractionMode(interaction.Place)

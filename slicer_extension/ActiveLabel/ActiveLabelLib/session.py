@@ -6,6 +6,8 @@ files in a work folder, so the whole loop runs and is tested outside Slicer.
 
 While the clinician edits one sample, :meth:`LabelingSession.start_prefetch` fetches the next
 one and its pre-segmentation on the session's own thread, so Next shows it at once.
+:meth:`LabelingSession.refine` sends the clinician's clicks and the current mask to the
+server's ``refine`` task and returns the corrected segmentation.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .client import ActiveLabelClient
+import numpy as np
+
+from .clicks import ClickSet
+from .client import REFINE_MODEL, ActiveLabelClient
+from .conversions import VolumeGeometry, nifti_geometry
 from .errors import ActiveLabelError
 from .multipart import FilePart
 from .slices import SliceQueue
@@ -56,6 +62,8 @@ class ServerSummary:
     stop_reason: str = ""
     estimated_labels_needed: int | None = None
     training_running: bool = False
+    can_refine: bool = False
+    """Whether the server offers the click-based ``refine`` task."""
 
     @classmethod
     def from_answers(
@@ -67,6 +75,7 @@ class ServerSummary:
             url=url,
             app_name=str(info.get("name", "")),
             models=tuple(models),
+            can_refine=REFINE_MODEL in models,
             strategies=tuple(info.get("strategies") or {}),
             label_names=_label_names((models.get(model) or {}).get("labels")),
             scoring_methods=tuple(info.get("scoring") or {}),
@@ -239,7 +248,8 @@ class LabelingSession:
     Args:
         client: the server connection (its ``client_id`` is the author of submissions).
         workdir: where downloaded images and segmentations are written.
-        model: the infer/train task; ``None`` takes the server's first model on connect.
+        model: the infer/train task; ``None`` takes the server's first model on connect
+            (other than ``refine``, which corrects a segmentation rather than making one).
         clock: seconds since any fixed point; measures the time spent on a sample.
     """
 
@@ -270,9 +280,10 @@ class LabelingSession:
         info = self.client.info()
         models = list(info.get("models") or {})
         if self.model is None:
-            if not models:
+            segmenters = [name for name in models if name != REFINE_MODEL]
+            if not segmenters:
                 raise ActiveLabelError(f"the server at {self.client.server_url} offers no segmentation model")
-            self.model = models[0]
+            self.model = segmenters[0]
         elif self.model not in models:
             raise ActiveLabelError(f"the server has no model {self.model!r}; it offers: {', '.join(models)}")
         self.summary = ServerSummary.from_answers(self.client.server_url, info, self.client.status(), model=self.model)
@@ -405,6 +416,57 @@ class LabelingSession:
             raise ActiveLabelError("the server named no labels for its segmentation")
         name = f"{sample.image_id}_presegmentation{_extension(answer.label.filename)}"
         path = self._write(name, answer.label.content)
+        version = answer.params.get("model_version")
+        return PreSegmentation(path, names, version if isinstance(version, int) else None)
+
+    def refine(
+        self,
+        label_file: str | Path | None,
+        clicks: ClickSet,
+        *,
+        grid: VolumeGeometry | None = None,
+    ) -> PreSegmentation:
+        """The sample's segmentation corrected by the server's ``refine`` task from the clinician's clicks.
+
+        The clicks (RAS mm) are sent as voxel indices of the image file, with the current mask
+        (``label_file``, a label map on the image's grid; ``None``: the server refines its own
+        segmentation).  The answer is a whole label map; the caller replaces the clicked
+        segments with it (:attr:`ClickSet.labels`).  The clock keeps running and
+        :attr:`presegmentation` stays the model's own output: refining is part of correcting.
+
+        Args:
+            label_file: the current mask, or ``None``.
+            clicks: the clicks on the sample.
+            grid: the image's voxel grid; ``None`` reads it from the image file's NIfTI header
+                (exact even where Slicer reordered a left-handed grid).
+
+        Raises:
+            ActiveLabelError: no click, a server without ``refine``, a click outside the image.
+        """
+        sample = self._current()
+        if clicks.empty:
+            raise ActiveLabelError("place at least one positive or negative click before refining.")
+        if self.summary is not None and not self.summary.can_refine:
+            models = ", ".join(self.summary.models) or "none"
+            raise ActiveLabelError(
+                f"the server at {self.client.server_url} offers no click-based correction (no {REFINE_MODEL!r} "
+                f"task); it offers: {models}."
+            )
+        grid = grid if grid is not None else nifti_geometry(sample.image_file)
+        names = self.presegmentation.label_names if self.presegmentation else {}
+        names = names or (self.summary.label_names if self.summary else {})
+        params = clicks.params(
+            ras_to_ijk=np.linalg.inv(grid.ijk_to_ras), shape=grid.shape, label_names=sorted(names, key=names.get)
+        )
+        label = None
+        if label_file is not None:
+            path = Path(label_file)
+            label = FilePart(f"{sample.image_id}{_extension(path.name)}", path.read_bytes())
+        answer = self.client.refine(sample.image_id, params, label=label)
+        names = _label_names(answer.params.get("label_names")) or names
+        if not names:
+            raise ActiveLabelError("the server named no labels for its refined segmentation")
+        path = self._write(f"{sample.image_id}_refined{_extension(answer.label.filename)}", answer.label.content)
         version = answer.params.get("model_version")
         return PreSegmentation(path, names, version if isinstance(version, int) else None)
 

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Protocol
 
+from .login import Login
+
 HISTORY_LENGTH = 10
 """How many server addresses the connect box remembers."""
 
@@ -49,26 +51,34 @@ class JsonFileStore:
 class Settings:
     """What the module remembers between Slicer sessions.
 
+    A password is never among them: a user name and password login keeps the password in
+    memory for the Slicer session only (:class:`~ActiveLabelLib.login.Login`); an API token
+    is remembered, because it is made for that (revoke it with ``activelabel users remove``).
+
     Attributes:
         server_url: the server to connect to.
         server_history: recently used server addresses, most recent first.
         user: the name sent as ``client_id``; the server records it as the label's author.
+        token: the API token for a server with access control (empty: none, or a password login).
         strategy: the active-learning strategy that picks the next sample.
         auto_fetch_next: after a submission, fetch the next sample at once.
         auto_segment: run the server's segmentation when a sample is loaded.
         show_uncertainty_map: fetch the sample's voxel uncertainty map and overlay it.
         prefetch_next: while a sample is edited, fetch the next one and its pre-segmentation
             in the background, so Next shows it at once.
+        auto_refine: send the clicks to the server's refine task as soon as one is placed.
     """
 
     server_url: str = "http://127.0.0.1:8000"
     server_history: tuple[str, ...] = ()
     user: str = ""
+    token: str = ""
     strategy: str = "most_uncertain"
     auto_fetch_next: bool = True
     auto_segment: bool = True
     show_uncertainty_map: bool = False
     prefetch_next: bool = True
+    auto_refine: bool = False
 
     PREFIX = "ActiveLabel/"
 
@@ -100,6 +110,10 @@ class Settings:
             else:
                 text = str(value)
             store.put(self.PREFIX + name, text)
+
+    def with_login(self, login: Login) -> Settings:
+        """These settings with the login's user name and token; its password is not kept."""
+        return replace(self, user=login.user, token=login.token)
 
     def with_server(self, url: str) -> Settings:
         """These settings with ``url`` as the server, first in the history (no duplicates)."""
