@@ -23,7 +23,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from PySide6.QtCore import Property, QFile, Qt
 from PySide6.QtUiTools import QUiLoader
-from PySide6.QtWidgets import QApplication, QFrame, QGroupBox, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QApplication, QFrame, QGroupBox, QLabel, QLineEdit, QVBoxLayout, QWidget
 
 EXTENSION = Path(__file__).resolve().parents[1] / "slicer_extension"
 MODULE = EXTENSION / "ActiveLabel"
@@ -31,7 +31,8 @@ UI_FILE = MODULE / "Resources" / "UI" / "ActiveLabel.ui"
 PANEL_PNG = EXTENSION / "docs" / "panel.png"
 sys.path.insert(0, str(MODULE))
 
-from ActiveLabelLib.panel import UNCERTAINTY_MAP_TOOLTIP, PanelView, panel_view  # noqa: E402
+from ActiveLabelLib.clicks import ClickSet  # noqa: E402
+from ActiveLabelLib.panel import NO_REFINE_TEXT, UNCERTAINTY_MAP_TOOLTIP, PanelView, panel_view  # noqa: E402
 from ActiveLabelLib.session import (  # noqa: E402
     PreSegmentation,
     Sample,
@@ -332,3 +333,38 @@ def test_a_slice_sample_lists_its_slices_and_steps_between_them() -> None:
     queue.next()
     last = panel_view(**{**state, "sample": sample})
     assert (last.enabled["previousSliceButton"], last.enabled["nextSliceButton"]) == (True, False)
+
+
+def test_the_token_and_password_fields_hide_what_is_typed(panel: QWidget) -> None:
+    for name in ("tokenLineEdit", "passwordLineEdit"):
+        assert panel.findChild(QLineEdit, name).echoMode() == QLineEdit.EchoMode.Password, name
+    assert "never saved" in panel.findChild(QLineEdit, "passwordLineEdit").toolTip()
+
+
+def test_clicks_can_be_placed_on_the_selected_segment_and_refined_once_there_is_one() -> None:
+    state = {**_labeling_state(), "summary": dataclasses.replace(_labeling_state()["summary"], can_refine=True)}
+    none_yet = panel_view(**state, selected_segment="liver")
+    assert none_yet.enabled["positiveClickButton"]
+    assert none_yet.enabled["negativeClickButton"]
+    assert not none_yet.enabled["refineButton"]
+    assert not none_yet.enabled["clearClicksButton"]
+    assert none_yet.texts["clicksLabel"] == "liver: 0 positive, 0 negative click(s)"
+    clicks = ClickSet.of(
+        positive={"liver": [(1, 2, 3), (4, 5, 6)], "spleen": [(0, 0, 0)]}, negative={"liver": [(7, 8, 9)]}
+    )
+    placed = panel_view(**state, clicks=clicks, selected_segment="liver")
+    assert placed.enabled["refineButton"]
+    assert placed.enabled["clearClicksButton"]
+    assert placed.texts["clicksLabel"] == "liver: 2 positive, 1 negative click(s); 1 on other segments"
+    assert not panel_view(**{**state, "busy": True}, clicks=clicks, selected_segment="liver").enabled["refineButton"]
+    unselected = panel_view(**state, clicks=clicks, selected_segment=None)
+    assert not unselected.enabled["positiveClickButton"]
+    assert unselected.texts["clicksLabel"] == "select a segment to place clicks on"
+
+
+def test_a_server_without_refine_disables_the_clicks_and_says_why() -> None:
+    clicks = ClickSet.of(positive={"liver": [(1, 2, 3)]})
+    view = panel_view(**_labeling_state(), clicks=clicks, selected_segment="liver")
+    assert view.texts["clicksLabel"] == NO_REFINE_TEXT
+    for name in ("positiveClickButton", "negativeClickButton", "refineButton", "autoRefineCheckBox"):
+        assert not view.enabled[name], name

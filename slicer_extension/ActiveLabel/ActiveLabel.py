@@ -4,6 +4,8 @@ The module is a thin layer: the labeling loop lives in ``ActiveLabelLib`` (plain
 tested outside Slicer), MRML node handling in ``ActiveLabelLib.nodes``, and what the panel
 shows in ``ActiveLabelLib.panel``.  Server calls run on a worker thread; a timer on the UI
 thread delivers their results, so the UI never freezes and errors appear as one-line messages.
+Clicks for the server's ``refine`` task are markups fiducial nodes, two per segment
+(``ActiveLabelLib.nodes.click_node``); ``ActiveLabelLib.clicks`` turns them into the request.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import qt
 import slicer
 import vtk
 from ActiveLabelLib import nodes
+from ActiveLabelLib.clicks import ClickSet
 from ActiveLabelLib.client import ActiveLabelClient
 from ActiveLabelLib.conversions import nifti_geometry
 from ActiveLabelLib.errors import ActiveLabelError
+from ActiveLabelLib.login import Login
 from ActiveLabelLib.panel import UNCERTAINTY_MAP_TOOLTIP, panel_view
 from ActiveLabelLib.session import (
     LabelingSession,
@@ -93,6 +97,7 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
         self.settings = Settings()
         self.task: TaskProgress | None = None
         self.last_submission: Submission | None = None
+        self._observed_click_nodes: dict[str, Any] = {}
         self._since_task_poll = 0.0
 
     def setup(self) -> None:
@@ -118,7 +123,12 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
         self.ui.scoreButton.connect("clicked(bool)", lambda _checked: self.on_score())
         self.ui.previousSliceButton.connect("clicked(bool)", lambda _checked: self.on_step_slice(-1))
         self.ui.nextSliceButton.connect("clicked(bool)", lambda _checked: self.on_step_slice(+1))
-        for box in (self.ui.autoSegmentCheckBox, self.ui.autoFetchCheckBox):
+        self.ui.positiveClickButton.connect("clicked(bool)", lambda _checked: self.on_place_clicks(positive=True))
+        self.ui.negativeClickButton.connect("clicked(bool)", lambda _checked: self.on_place_clicks(positive=False))
+        self.ui.clearClicksButton.connect("clicked(bool)", lambda _checked: self.on_clear_clicks())
+        self.ui.refineButton.connect("clicked(bool)", lambda _checked: self.on_refine())
+        self.ui.segmentEditorWidget.connect("currentSegmentIDChanged(QString)", self.on_segment_selected)
+        for box in (self.ui.autoSegmentCheckBox, self.ui.autoFetchCheckBox, self.ui.autoRefineCheckBox):
             box.connect("toggled(bool)", lambda _checked: self._save_settings())
         self.ui.uncertaintyMapCheckBox.connect("toggled(bool)", self.on_uncertainty_toggled)
 
@@ -142,11 +152,14 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
     def on_connect(self) -> None:
         url = self.ui.serverComboBox.currentText.strip()
         try:
-            session = self.logic.open_session(url, user=self.ui.userLineEdit.text)
+            login = Login.from_form(
+                user=self.ui.userLineEdit.text, token=self.ui.tokenLineEdit.text, password=self.ui.passwordLineEdit.text
+            )
+            session = self.logic.open_session(url, login=login)
         except ActiveLabelError as error:
             self.show_message(error.message, error=True)
             return
-        self.settings = self.settings.with_server(url)
+        self.settings = self.settings.with_server(url).with_login(login)  # the token, never the password
         self._save_settings()
         self._fill_server_history()
         self.run("Connecting…", session.connect, self.on_connected)
@@ -157,7 +170,9 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
             self.ui.strategyComboBox.addItem(name)
         index = self.ui.strategyComboBox.findText(self.settings.strategy)
         self.ui.strategyComboBox.currentIndex = max(index, 0)
-        self.show_message(f"Connected to {summary.app_name or summary.url}.")
+        session = self._session(quiet=True)
+        login = session.client.login.text if session is not None else ""
+        self.show_message(f"Connected to {summary.app_name or summary.url}; {login}.")
 
     def on_next_sample(self) -> None:
         session = self._session()
@@ -225,6 +240,61 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
     def on_presegmentation(self, presegmentation: PreSegmentation) -> None:
         self._edit(self.logic.show_presegmentation(presegmentation))
         self.show_message("Correct the segmentation, then submit it.")
+
+    def on_segment_selected(self, segment_id: str) -> None:
+        """Show the clicks of the segment the Segment Editor selected."""
+        self.logic.show_clicks_of(segment_id or None)
+        self.refresh_view()
+
+    def on_place_clicks(self, *, positive: bool) -> None:
+        segment = self._selected_segment()
+        if segment is None:
+            self.show_message("Select a segment in the Segment Editor first.", error=True)
+            return
+        try:
+            node = self.logic.click_node(segment, positive=positive)
+        except ActiveLabelError as error:
+            self.show_message(error.message, error=True)
+            return
+        if self._observed_click_nodes.get(node.GetID()) is not node:
+            node.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.on_click_placed)
+            self._observed_click_nodes[node.GetID()] = node
+        kind = "positive (inside)" if positive else "negative (outside)"
+        self.show_message(f"Click {kind} {segment} in the views; Esc or the arrow tool stops placing.")
+
+    def on_click_placed(self, _caller: Any = None, _event: Any = None) -> None:
+        self.refresh_view()
+        if self.ui.autoRefineCheckBox.checked and not self.calls.busy:
+            self.on_refine()
+
+    def on_clear_clicks(self) -> None:
+        self.logic.clear_clicks()
+        self._observed_click_nodes.clear()
+        self.refresh_view()
+
+    def on_refine(self) -> None:
+        session = self._session()
+        if session is None:
+            return
+        try:  # MRML work stays on the UI thread
+            clicks = self.logic.clicks()
+            label_file = self.logic.export_label(name="refine_input", partial=False)
+            grid = self.logic.image_grid()
+        except ActiveLabelError as error:
+            self.show_message(error.message, error=True)
+            return
+        self.run(
+            "Refining on the server…",
+            lambda: session.refine(label_file, clicks, grid=grid),
+            lambda refined: self.on_refined(refined, clicks),
+        )
+
+    def on_refined(self, refined: PreSegmentation, clicks: ClickSet) -> None:
+        session = self._session(quiet=True)
+        if session is None or session.sample is None:
+            return  # the user moved on meanwhile
+        self._edit(self.logic.apply_refinement(refined, clicks.labels))
+        self.show_message(f"Refined {', '.join(clicks.labels)}; click again, edit, or submit.")
 
     def on_submit(self) -> None:
         session = self._session()
@@ -317,6 +387,8 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
             last_submission=self.last_submission,
             task=self.task,
             busy=bool(self.calls and self.calls.busy),
+            clicks=self.logic.clicks() if self.logic and self.logic.volume is not None else None,
+            selected_segment=self._selected_segment(),
         )
         for name, text in view.texts.items():
             getattr(self.ui, name).text = text
@@ -333,6 +405,12 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
             self.show_message("Connect to a server first.", error=True)
         return session
 
+    def _selected_segment(self) -> str | None:
+        """The segment selected in the Segment Editor (segment ids are the label names)."""
+        if self.logic is None or self.logic.segmentation is None:
+            return None
+        return self.ui.segmentEditorWidget.currentSegmentID() or None
+
     def _edit(self, segmentation: Any) -> None:
         editor = self.ui.segmentEditorWidget
         editor.setMRMLSegmentEditorNode(self.logic.editor_node())
@@ -343,6 +421,8 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
         self.settings = Settings.load(self.store)
         self._fill_server_history()
         self.ui.userLineEdit.text = self.settings.user
+        self.ui.tokenLineEdit.text = self.settings.token
+        self.ui.autoRefineCheckBox.checked = self.settings.auto_refine
         self.ui.autoSegmentCheckBox.checked = self.settings.auto_segment
         self.ui.autoFetchCheckBox.checked = self.settings.auto_fetch_next
         self.ui.uncertaintyMapCheckBox.checked = self.settings.show_uncertainty_map
@@ -357,7 +437,7 @@ class ActiveLabelWidget(ScriptedLoadableModuleWidget):
     def _save_settings(self) -> None:
         self.settings = replace(
             self.settings,
-            user=self.ui.userLineEdit.text.strip(),
+            auto_refine=bool(self.ui.autoRefineCheckBox.checked),
             auto_segment=bool(self.ui.autoSegmentCheckBox.checked),
             auto_fetch_next=bool(self.ui.autoFetchCheckBox.checked),
             show_uncertainty_map=bool(self.ui.uncertaintyMapCheckBox.checked),
@@ -381,12 +461,13 @@ class ActiveLabelLogic(ScriptedLoadableModuleLogic):
         self.overlay: Any = None
         self._editor_node: Any = None
 
-    def open_session(self, url: str, *, user: str) -> LabelingSession:
-        """A new session with the server at ``url`` for ``user`` (not connected yet)."""
+    def open_session(self, url: str, *, login: Login) -> LabelingSession:
+        """A new session with the server at ``url`` for ``login`` (not connected yet)."""
+        client = ActiveLabelClient(url, client_id=login.user, token=login.token, password=login.password)
         workdir = Path(tempfile.mkdtemp(prefix="ActiveLabel-", dir=slicer.app.temporaryPath))
         if self.session is not None:
             self.session.close()
-        self.session = LabelingSession(ActiveLabelClient(url, client_id=user), workdir=workdir)
+        self.session = LabelingSession(client, workdir=workdir)
         return self.session
 
     def show_sample(self, sample: Sample) -> Any:
@@ -431,12 +512,16 @@ class ActiveLabelLogic(ScriptedLoadableModuleLogic):
             )
         return self.segmentation
 
-    def export_label(self) -> Path:
-        """Write the segmentation as a label map on the image's grid, ready to submit."""
+    def export_label(self, *, name: str = "final", partial: bool = True) -> Path:
+        """Write the segmentation as a label map on the image's grid, ready to submit (or to refine).
+
+        With ``partial`` a slice sample's label holds only its slices (what is submitted); the
+        refine task gets the whole mask.
+        """
         if self.session is None or self.session.sample is None:
             raise ActiveLabelError("no sample is loaded; ask for the next sample first")
         image_file = self.session.sample.image_file
-        path = self.session.workdir / f"{self.session.sample.image_id}_final.nii.gz"
+        path = self.session.workdir / f"{self.session.sample.image_id}_{name}.nii.gz"
         # Back on the grid the server's file declares (ITK may have reordered a left-handed one).
         target = nifti_geometry(image_file) if image_file.name.lower().endswith((".nii", ".nii.gz")) else None
         return nodes.write_label_file(
@@ -446,8 +531,46 @@ class ActiveLabelLogic(ScriptedLoadableModuleLogic):
             label_names=self._label_names(),
             path=path,
             target=target,
-            slices=self.session.sample.slice_queue,
+            slices=self.session.sample.slice_queue if partial else None,
         )
+
+    def image_grid(self) -> Any:
+        """The image's grid for refine's clicks: ``None`` for NIfTI (the session reads the file's header)."""
+        image_file = self.session.sample.image_file if self.session and self.session.sample else None
+        if image_file is not None and image_file.name.lower().endswith((".nii", ".nii.gz")):
+            return None
+        return nodes.volume_geometry(self._volume())
+
+    def click_node(self, segment: str, *, positive: bool) -> Any:
+        """The node of ``segment``'s positive (or negative) clicks, in place mode; only its segment's show."""
+        self._volume()
+        node = nodes.click_node(self.scene, segment, positive=positive)
+        nodes.show_clicks_of(self.scene, segment)
+        nodes.start_placing(self.scene, node)
+        return node
+
+    def clicks(self) -> ClickSet:
+        """Every click placed on the sample (RAS mm, by segment)."""
+        return nodes.clicks_from_nodes(self.scene)
+
+    def show_clicks_of(self, segment: str | None) -> None:
+        nodes.show_clicks_of(self.scene, segment)
+
+    def clear_clicks(self) -> None:
+        nodes.remove_clicks(self.scene)
+
+    def apply_refinement(self, refined: PreSegmentation, names: tuple[str, ...]) -> Any:
+        """Replace the clicked segments by the refine task's answer; the other segments keep their edits."""
+        segmentation = self.ensure_segmentation()
+        nodes.replace_segments(
+            self.scene,
+            segmentation,
+            refined.label_file,
+            reference=self._volume(),
+            label_names=refined.label_names,
+            names=names,
+        )
+        return segmentation
 
     def show_slice(self, index: int, *, axis: int) -> None:
         """Centre the slice view across ``axis`` on slice ``index`` of the sample (voxel axis of its file)."""
@@ -471,7 +594,8 @@ class ActiveLabelLogic(ScriptedLoadableModuleLogic):
         return self._editor_node
 
     def clear_sample(self) -> None:
-        """Remove the sample's image, segmentation and overlay from the scene."""
+        """Remove the sample's image, segmentation, overlay and clicks from the scene."""
+        self.clear_clicks()
         self.hide_overlay()
         self._remove_segmentation()
         nodes.remove_nodes(self.scene, self.volume)
@@ -516,7 +640,7 @@ class ActiveLabelTest(ScriptedLoadableModuleTest):
             return
         self.delayDisplay(f"Labeling loop against {url}")
         logic = ActiveLabelLogic()
-        session = logic.open_session(url, user="slicer-self-test")
+        session = logic.open_session(url, login=Login(user="slicer-self-test"))
         summary = session.connect()
         assert (summary.total or 0) > (summary.labeled or 0), "the server has no unlabeled image left"
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .clicks import ClickSet
 from .session import PreSegmentation, Sample, ServerSummary, Submission, TaskProgress, format_duration
 
 UNCERTAINTY_MAP_TOOLTIP = (
     "Overlay the current model's voxel uncertainty (the server's metric) on the image: "
     "red where the model is unsure, the places worth checking first"
 )
+
+NO_REFINE_TEXT = "this server has no click-based correction (no 'refine' task)"
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,17 @@ def panel_view(
     last_submission: Submission | None,
     task: TaskProgress | None,
     busy: bool,
+    clicks: ClickSet | None = None,
+    selected_segment: str | None = None,
 ) -> PanelView:
-    """The panel for this state; ``busy`` while a server call runs (actions wait for it)."""
+    """The panel for this state; ``busy`` while a server call runs (actions wait for it).
+
+    ``clicks`` are the clicks placed on the sample and ``selected_segment`` the segment the
+    Segment Editor has selected (new clicks go to it).
+    """
     connected = summary is not None
+    can_refine = bool(summary and summary.can_refine) and sample is not None
+    clicks = clicks if clicks is not None else ClickSet()
     has_sample = sample is not None
     task_running = bool(task and task.running)
     texts = {
@@ -50,6 +61,7 @@ def panel_view(
         "submissionLabel": last_submission.text if last_submission else "",
         "taskLabel": task.text if task else "",
         "sliceLabel": sample.slice_queue.text if sample and sample.slice_queue else "whole volume",
+        "clicksLabel": _clicks_text(summary, sample, clicks, selected_segment),
     }
     queue = sample.slice_queue if sample else None
     enabled = {
@@ -65,6 +77,11 @@ def panel_view(
         "uncertaintyMapCheckBox": connected and not busy,
         "previousSliceButton": queue is not None and queue.position > 0,
         "nextSliceButton": queue is not None and queue.position < len(queue.slices) - 1,
+        "positiveClickButton": can_refine and selected_segment is not None,
+        "negativeClickButton": can_refine and selected_segment is not None,
+        "clearClicksButton": can_refine and not clicks.empty,
+        "refineButton": can_refine and not busy and not clicks.empty,
+        "autoRefineCheckBox": can_refine,
     }
     return PanelView(texts=texts, enabled=enabled)
 
@@ -74,6 +91,16 @@ def _app_text(summary: ServerSummary | None) -> str:
         return "not connected"
     models = ", ".join(summary.models) or "none"
     return f"{summary.app_name or 'MONAI Label app'} — models: {models}; strategies: {len(summary.strategies)}"
+
+
+def _clicks_text(
+    summary: ServerSummary | None, sample: Sample | None, clicks: ClickSet, selected_segment: str | None
+) -> str:
+    if summary is None or sample is None:
+        return ""
+    if not summary.can_refine:
+        return NO_REFINE_TEXT
+    return clicks.text(selected_segment)
 
 
 def _sample_text(sample: Sample | None, presegmentation: PreSegmentation | None) -> str:
