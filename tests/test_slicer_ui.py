@@ -197,7 +197,10 @@ def test_the_uncertainty_overlay_can_be_switched_on_once_connected(panel: QWidge
 
 
 def test_the_panel_renders_a_labeling_session(panel: QWidget, tmp_path: Path) -> None:
-    _apply(panel_view(**_labeling_state()), panel)
+    state = _labeling_state()
+    summary = dataclasses.replace(state["summary"], models=("segmentation", "refine"), can_refine=True)
+    clicks = ClickSet.of(positive={"liver": [(1, 2, 3), (4, 5, 6)]}, negative={"liver": [(7, 8, 9)]})
+    _apply(panel_view(**{**state, "summary": summary}, clicks=clicks, selected_segment="liver"), panel)
     panel.findChild(QWidget, "serverComboBox").setEditText("http://127.0.0.1:8000")
     panel.findChild(QWidget, "userLineEdit").setText("radiologist-1")
     panel.findChild(QWidget, "strategyComboBox").addItems(["most_uncertain", "diverse", "random"])
