@@ -656,6 +656,16 @@ class ActiveLabelTest(ScriptedLoadableModuleTest):
         assert overlay_node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions(), "map off-grid"
 
         first = next(iter(names))
+        if summary.can_refine:  # one positive click in the image's centre, refined by the server
+            centre = [(size - 1) / 2.0 for size in volume.GetImageData().GetDimensions()] + [1.0]
+            matrix = vtk.vtkMatrix4x4()
+            volume.GetIJKToRASMatrix(matrix)
+            nodes.click_node(logic.scene, first, positive=True).AddControlPoint(*matrix.MultiplyPoint(centre)[:3])
+            clicks = logic.clicks()
+            label_file = logic.export_label(name="refine_input", partial=False)
+            refined = session.refine(label_file, clicks, grid=logic.image_grid())
+            logic.apply_refinement(refined, clicks.labels)
+            logic.clear_clicks()
         masks = nodes.segment_masks(logic.scene, segmentation, reference=volume)
         edited = masks[first].copy()
         edited[: edited.shape[0] // 4, : edited.shape[1] // 4, : edited.shape[2] // 4] = True
