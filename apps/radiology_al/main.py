@@ -44,6 +44,7 @@ from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
 from activelabel.strategies.uncertain_slices import UncertainSlices
 from activelabel.tasks.infer import REQUEST_IMAGE_ID, SegmentationInfer
+from activelabel.tasks.refine import REFINE_MODEL, RefineInfer, ensure_refine_model
 from activelabel.tasks.scoring import EpistemicScoring
 from activelabel.tasks.train import SegmentationTrainer
 from activelabel.workers.compute import ComputePool
@@ -60,6 +61,8 @@ class RadiologyActiveLabelApp(MONAILabelApp):
         self.settings = load_settings(conf, studies=studies, app_dir=app_dir)
         self.model_store = ModelStore(self.settings.model_dir, name=MODEL)
         self.model_store.ensure_initial(self.settings.network, self.settings.labels.to_dict(), seed=self.settings.seed)
+        self.refine_store = ModelStore(self.settings.model_dir, name=REFINE_MODEL)
+        ensure_refine_model(self.refine_store, self.settings)
         self.score_store = ScoreStore(self.settings.scores_path)
         self.submissions = SubmissionLog(self.settings.submissions_path)
         self.leases = LeaseStore(self.settings.leases_path, seconds=self.settings.lease_seconds)
@@ -224,7 +227,10 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             self._check_infer_image(image, datastore or self._datastore)
         if isinstance(image, str) and image and not os.path.exists(image):
             request = {REQUEST_IMAGE_ID: image, **request}
-        return super().infer(request, datastore)
+        try:
+            return super().infer(request, datastore)
+        except InputRejected as error:  # a task refusing its request (refine's clicks, ...)
+            raise HTTPException(status_code=error.status, detail=str(error)) from None
 
     def _check_infer_image(self, image: str, datastore: Datastore) -> None:
         """Refuse server-side paths outside the studies folder and ids the datastore does not know."""
@@ -242,17 +248,20 @@ class RadiologyActiveLabelApp(MONAILabelApp):
             raise HTTPException(status_code=404, detail=f"unknown image id {image!r}")
 
     def init_infers(self) -> dict[str, InferTask]:
-        return {
-            MODEL: SegmentationInfer(
-                settings=self.settings,
-                store=self.model_store,
-                presegmentations=self.presegmentations,
-                compute=self.compute,
-            )
-        }
+        segmentation = SegmentationInfer(
+            settings=self.settings,
+            store=self.model_store,
+            presegmentations=self.presegmentations,
+            compute=self.compute,
+        )
+        refine = RefineInfer(
+            settings=self.settings, store=self.refine_store, segment=segmentation, compute=self.compute
+        )
+        return {MODEL: segmentation, REFINE_MODEL: refine}
 
     def init_trainers(self) -> dict[str, TrainTask]:
-        return {MODEL: SegmentationTrainer(settings=self.settings, store=self.model_store)}
+        trainer = SegmentationTrainer(settings=self.settings, store=self.model_store, refine_store=self.refine_store)
+        return {MODEL: trainer}
 
     def init_scoring_methods(self) -> dict[str, ScoringMethod]:
         return {
@@ -282,5 +291,9 @@ class RadiologyActiveLabelApp(MONAILabelApp):
     def info(self) -> dict[str, Any]:
         info = super().info()
         model = self.model_store.info()
-        info["activelabel"] = {"model": model.to_dict() if model else None}
+        refine = self.refine_store.info()
+        info["activelabel"] = {
+            "model": model.to_dict() if model else None,
+            "refine_model": refine.to_dict() if refine else None,
+        }
         return info

@@ -283,6 +283,11 @@ KEYS: dict[str, Key] = {
     "task_niceness": Key(
         "10", _non_negative_int, "how much lower the CPU priority of training, scoring and batch tasks is (nice)"
     ),
+    "refine_steps": Key(
+        "300",
+        _non_negative_int,
+        "optimizer steps of the click-conditioned refine network after each segmentation training run (0: none)",
+    ),
     "mc_mode": Key(
         "bottleneck",
         McMode.parse,
@@ -339,6 +344,7 @@ class Settings:
     infer_workers: int = 1
     infer_queue: int = 4
     task_niceness: int = 10
+    refine_steps: int = 300
 
     def train_options(self, *, seed: int, **overrides: Any) -> TrainOptions:
         """The training recipe of these settings (``overrides`` replace any of its fields).

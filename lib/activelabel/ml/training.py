@@ -238,6 +238,7 @@ def train_network(
     options: TrainOptions,
     device: str = "cpu",
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    patch_transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Fine-tune ``network`` in place from its current weights.
 
@@ -250,6 +251,9 @@ def train_network(
         options: epochs, learning rate, patches per volume, seed.
         device: torch device for training.
         on_epoch: called with each epoch's record (epoch, loss, val_dice, seconds).
+        patch_transform: applied to every augmented patch before the network sees it (the
+            refinement network's simulated clicks, :mod:`activelabel.ml.interaction`); its
+            validation then needs inputs the network can read, so pass no ``val_volumes``.
     """
     if not train_volumes:
         raise ValueError("training needs at least one labeled volume")
@@ -288,6 +292,8 @@ def train_network(
                 group["lr"] = learning_rate_at(step, options=options, total_steps=total_steps)
             patches = augment(dict(train_volumes[index]))
             patches = patches if isinstance(patches, list) else [patches]
+            if patch_transform is not None:
+                patches = [patch_transform(patch) for patch in patches]
             images = torch.stack([torch.as_tensor(p["image"]) for p in patches]).to(device)
             targets = torch.stack([torch.as_tensor(p["label"]) for p in patches]).to(device)
             optimizer.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from torch import nn
 
 from activelabel.config import Settings
+from activelabel.labelmap import LabelMap
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import PublishedModel
 from activelabel.ml.networks import build_network
@@ -54,6 +55,18 @@ class InferOutcome:
 
 INFER_OUTCOME: ContextVar[InferOutcome | None] = ContextVar("activelabel_infer_outcome", default=None)
 """Set by the infer route around one request; the task fills it in (also from a compute-pool thread)."""
+
+
+def segmentation_post_transforms(labels: LabelMap) -> list[Callable]:
+    """Network scores ``pred`` on the model grid -> label values on the image grid (``[x, y, z]``)."""
+    return [
+        EnsureTyped(keys="pred", device="cpu"),
+        Activationsd(keys="pred", softmax=True),
+        AsDiscreted(keys="pred", argmax=True),
+        channels_to_label_values("pred", labels),
+        RestoreToImageGridd(keys="pred", image_key="image", nearest=True),
+        SqueezeDimd(keys="pred", dim=0),
+    ]
 
 
 class SegmentationInfer(BasicInferTask):
@@ -117,14 +130,7 @@ class SegmentationInfer(BasicInferTask):
         return None
 
     def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
-        return [
-            EnsureTyped(keys="pred", device="cpu"),
-            Activationsd(keys="pred", softmax=True),
-            AsDiscreted(keys="pred", argmax=True),
-            channels_to_label_values("pred", self.settings.labels),
-            RestoreToImageGridd(keys="pred", image_key="image", nearest=True),
-            SqueezeDimd(keys="pred", dim=0),
-        ]
+        return segmentation_post_transforms(self.settings.labels)
 
     def _get_network(self, device: str, data: dict[str, Any] | None) -> nn.Module:
         """The published network, reloaded when the checkpoint file changes."""

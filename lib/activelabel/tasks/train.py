@@ -20,6 +20,7 @@ from activelabel.config import Settings
 from activelabel.fsutil import atomic_write_json, read_json
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import load_model
+from activelabel.ml.interaction import train_refine_network
 from activelabel.ml.training import load_volumes, split_train_val, train_network
 from activelabel.scoring.refresh import refresh_top_candidates
 from activelabel.scoring.triage import Calibration, calibrate, quality_and_dice
@@ -40,12 +41,16 @@ class SegmentationTrainer(TrainTask):
     Args:
         settings: the app's resolved settings.
         store: the model's checkpoint store; a finished run publishes the next version.
+        refine_store: the click-conditioned refinement network's store; after the segmentation
+            model, it trains ``settings.refine_steps`` steps on the same labeled volumes with
+            simulated clicks (:mod:`activelabel.ml.interaction`) and publishes there.
     """
 
-    def __init__(self, *, settings: Settings, store: ModelStore) -> None:
+    def __init__(self, *, settings: Settings, store: ModelStore, refine_store: ModelStore | None = None) -> None:
         super().__init__("Fine-tunes the segmentation UNet on labeled volumes (warm start, best validation Dice)")
         self.settings = settings
         self.store = store
+        self.refine_store = refine_store
         self.stats_path = store.directory / "train_stats.json"
         self._config = {
             "max_epochs": settings.max_epochs,
@@ -110,10 +115,31 @@ class SegmentationTrainer(TrainTask):
             **result.summary(),
         }
         stats["calibration"] = info.calibration
+        stats["refine"] = self._train_refine([*train_volumes, *val_volumes], seed=self.settings.seed + start.version)
         atomic_write_json(self.stats_path, stats)
         logger.info("published model version %d (val mean Dice %s)", info.version, info.val_mean_dice)
         stats["refreshed"] = self._refresh(datastore, model_version=info.version)
         return stats
+
+    def _train_refine(self, volumes: Sequence[Mapping[str, Any]], *, seed: int) -> dict[str, Any] | None:
+        """Train the refinement network on every labeled volume (no validation: its inputs need clicks)."""
+        if self.refine_store is None or self.settings.refine_steps <= 0:
+            return None
+        settings, steps = self.settings, self.settings.refine_steps
+        per_epoch = min(steps, settings.steps_per_epoch or steps)
+        options = settings.train_options(
+            seed=seed, max_epochs=max(1, -(-steps // per_epoch)), steps_per_epoch=per_epoch
+        )
+        info = train_refine_network(
+            self.refine_store,
+            volumes,
+            preset=settings.preset,
+            labels=settings.labels,
+            options=options,
+            device=settings.device,
+        )
+        logger.info("published refine model version %d", info.version)
+        return {"model_version": info.version, "steps": self.settings.refine_steps, "train_count": info.train_count}
 
     def _refresh(self, datastore: Datastore, *, model_version: int) -> int:
         """Re-score the next candidates with the new model so their pre-segmentations are ready."""

@@ -1,0 +1,183 @@
+"""The ``refine`` infer task: a mask corrected around the clinician's clicks.
+
+Request (MONAI Label's DeepEdit click convention): for each label name a list of positive
+clicks ``[[i, j, k], ...]`` and ``background`` for negative clicks, as voxel indices of the
+image file's array; the current mask as the ``label`` upload (a label map on the image's
+grid, values as in ``labels.json``).  Without ``label`` the task refines the segmentation
+task's answer for the image (its stored pre-segmentation when there is one).  The answer is
+a label map on the image's grid, like the segmentation task's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer
+from monai.transforms import DeleteItemsd, MapTransform
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from torch import nn
+
+from activelabel.config import Settings
+from activelabel.labelmap import LabelMap
+from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.inference import PublishedModel
+from activelabel.ml.interaction import BACKGROUND, Click, Clicks, points_to_model_grid, refine_inputs, refine_spec
+from activelabel.ml.networks import build_network
+from activelabel.ml.transforms import load_transforms
+from activelabel.store.validation import InputRejected
+from activelabel.tasks.infer import segmentation_post_transforms
+from activelabel.workers.compute import ComputePool
+
+REFINE_MODEL = "refine"
+"""Name of the refinement network's infer task and checkpoint."""
+
+
+def parse_clicks(request: Mapping[str, Any], labels: LabelMap) -> dict[str, list[list[float]]]:
+    """The request's clicks by label name (and ``background``), checked.
+
+    Keys that are neither a label name nor ``background`` are other request parameters and
+    are ignored.
+
+    Raises:
+        InputRejected: a click list that is not a list of ``[i, j, k]`` numbers, or no click at all.
+    """
+    clicks: dict[str, list[list[float]]] = {}
+    for name in (*labels.names, BACKGROUND):
+        points = request.get(name)
+        if points is None:
+            continue
+        if not isinstance(points, list) or not all(
+            isinstance(p, list)
+            and len(p) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+            for p in points
+        ):
+            raise InputRejected(f"clicks of {name!r} must be a list of [i, j, k] voxel indices, got {points!r:.100}")
+        clicks[name] = [[float(v) for v in p] for p in points]
+    if not any(clicks.values()):
+        names = ", ".join(repr(n) for n in (*labels.names, BACKGROUND))
+        raise InputRejected(f"refine needs at least one click: give [[i, j, k], ...] under {names}")
+    return clicks
+
+
+class ClickGuidanced(MapTransform):
+    """Replace ``image`` (model grid) by the refinement input: image, current mask, click guidance.
+
+    The request's clicks (file voxel indices) are moved onto the model grid through the world
+    coordinates of the two affines; clicks falling outside the model grid are refused.
+    """
+
+    def __init__(self, *, labels: LabelMap) -> None:
+        super().__init__(keys="image")
+        self.labels = labels
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        image: MetaTensor = d["image"]
+        mask = torch.as_tensor(d.pop("label"))[0].long()
+        mask[mask > len(self.labels.names)] = 0  # unannotated voxels: no opinion of the mask
+        shape = tuple(image.shape[1:])
+        channel_of = {BACKGROUND: 0, **{name: index for index, name in self.labels.channel_names().items()}}
+        clicks = Clicks()
+        for name, points in d["_clicks"].items():
+            grid = points_to_model_grid(points, source_affine=image.meta["original_affine"], model_affine=image.affine)
+            for point in grid:
+                if not all(0 <= v < n for v, n in zip(point, shape, strict=True)):
+                    raise InputRejected(f"a click of {name!r} lies outside the image, got {point}")
+                clicks.add(Click(point=point, channel=channel_of[name]))
+        inputs = refine_inputs(image.as_tensor(), mask, clicks, num_labels=len(self.labels.names))
+        d["image"] = MetaTensor(inputs, meta=image.meta, applied_operations=image.applied_operations)
+        return d
+
+
+class RefineInfer(BasicInferTask):
+    """The refinement network over the image, the current mask and the clicks.
+
+    Args:
+        settings: the app's resolved settings.
+        store: the refinement network's checkpoint store.
+        segment: makes the starting mask when the request brings none: the segmentation
+            task's ``__call__`` (returns the label file and its JSON).
+        compute: the pool for network passes (None: run in the calling thread).
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: ModelStore,
+        segment: Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]],
+        compute: ComputePool | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.segment = segment
+        self.compute = compute
+        self._loaded: dict[str, PublishedModel] = {}
+        self._pre = load_transforms(settings.preset, labels=settings.labels)
+        super().__init__(
+            path=str(store.checkpoint_path),
+            network=build_network(refine_spec(settings.network)),
+            type=InferType.DEEPEDIT,
+            labels=settings.labels.to_dict(),
+            dimension=3,
+            description="Corrects a mask around positive / negative clicks (DeepEdit click convention)",
+            roi_size=settings.preset.roi_size,
+            preload=False,
+            config={"device": settings.device, "result_extension": ".nii.gz"},
+        )
+
+    def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        return [DeleteItemsd(keys="image_path"), *self._pre, ClickGuidanced(labels=self.settings.labels)]
+
+    def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
+        return self.settings.inferer()
+
+    def inverse_transforms(self, data: dict[str, Any] | None = None) -> None:
+        return None
+
+    def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        return segmentation_post_transforms(self.settings.labels)
+
+    def _get_network(self, device: str, data: dict[str, Any] | None) -> nn.Module:
+        published = self._loaded.setdefault(device, PublishedModel(self.store, device=device))
+        network, info = published.get()
+        if data is not None:
+            data["model_version"] = info.version
+        return network
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+        label, result = super().writer(data, extension=extension, dtype=dtype)
+        return label, {**(result or {}), "model_version": data.get("model_version")}
+
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
+        info = self.store.info()
+        if info is None or not info.trained:
+            raise InputRejected(
+                "the refine network is not trained yet: it trains with the segmentation model once labels arrive",
+                status=409,
+            )
+        clicks = parse_clicks(request, self.settings.labels)
+        request = {key: value for key, value in request.items() if key not in clicks}
+        request["_clicks"] = clicks
+        if not request.get("label"):
+            start = {k: v for k, v in request.items() if k not in ("_clicks", "label")}
+            label, _ = self.segment(start)
+            request["label"] = label
+        compute = super().__call__
+        if self.compute is None:
+            return compute(request, callbacks)
+        return self.compute.run(compute, request, callbacks)
+
+    def clear(self) -> None:
+        self._loaded.clear()
+        super().clear()
+
+
+def ensure_refine_model(store: ModelStore, settings: Settings) -> None:
+    """Publish the untrained refinement network (version 0) when none exists, so training can warm-start."""
+    store.ensure_initial(refine_spec(settings.network), settings.labels.to_dict(), seed=settings.seed)
