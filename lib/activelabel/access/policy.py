@@ -71,6 +71,8 @@ POLICY: tuple[Rule, ...] = (
     Rule(frozenset({"POST"}), r"/activelearning/[^/]+", _A),
     Rule(frozenset({"POST"}), r"/infer/.+", _A),
     Rule(frozenset({"PUT"}), r"/datastore/label", _A),
+    # The viewer's "Export DICOM SEG" (STOW-RS): a SEG becomes a label; other instances need admin there.
+    Rule(frozenset({"POST"}), r"/proxy/dicom/(wado|stow)/studies(/[^/]+)?", _A),
     Rule(frozenset({"POST"}), r"/activelabel/skip", _A),
     Rule(frozenset({"GET", "PUT", "DELETE"}), r"/session(/.*)?", _A),
     # Review: audits and label metadata.

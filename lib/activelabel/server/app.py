@@ -21,6 +21,7 @@ from activelabel.server.offload import offload_blocking_endpoints
 from activelabel.server.request_guard import install_guard
 from activelabel.server.routes.infer import install_infer_route
 from activelabel.server.routes.labels import router as labels_router
+from activelabel.server.routes.ohif import install_ohif_routes
 from activelabel.server.routes.project import router as project_router
 from activelabel.server.routes.uncertainty import router as uncertainty_router
 from activelabel.server.task_guard import OneTaskAtATime
@@ -33,6 +34,7 @@ app.include_router(uncertainty_router)
 app.include_router(labels_router)
 install_infer_route(app)
 offload_blocking_endpoints(app)
+install_ohif_routes(app)  # after the offload: it wraps the offloaded /info/ and /ohif endpoints
 try:
     install_guard(app, conf=monailabel_settings.MONAI_LABEL_APP_CONF or {})
 except ActiveLabelError as error:

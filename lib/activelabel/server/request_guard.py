@@ -38,7 +38,9 @@ from activelabel.store.validation import InputRejected
 
 logger = logging.getLogger(__name__)
 
-CHALLENGE = 'Bearer realm="ActiveLabel", Basic realm="ActiveLabel"'
+CHALLENGES = ('Bearer realm="ActiveLabel"', 'Basic realm="ActiveLabel"')
+"""One ``WWW-Authenticate`` header each: browsers (chromium) read one challenge per header and
+would not see ``Basic`` after ``Bearer`` in the same one, so they never asked the user to sign in."""
 DRAIN_BYTES = 4 * 1024 * 1024
 DRAIN_SECONDS = 5.0
 """After rejecting a body, read (and drop) at most this much more, for at most this long, so the
@@ -50,7 +52,10 @@ class BodyRejected(HTTPException):
 
 
 def _answer(status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=dict(headers or {}))
+    response = JSONResponse({"detail": detail}, status_code=status, headers=dict(headers or {}))
+    if status == 401:
+        response.raw_headers.extend((b"www-authenticate", challenge.encode()) for challenge in CHALLENGES)
+    return response
 
 
 def _query_pairs(scope: Scope) -> list[tuple[str, str]]:
@@ -101,10 +106,9 @@ class RequestGuard:
             check_request_names(scope["path"], query)
             self._check_declared_length(headers)
         except InputRejected as error:
-            challenge = {"WWW-Authenticate": CHALLENGE} if error.status == 401 else None
             declared = headers.get("content-length", "")
             small = not declared.isdigit() or int(declared) <= DRAIN_BYTES  # a large body is not read at all
-            await self._reject(error.status, str(error), scope, receive, send, headers=challenge, drain=small)
+            await self._reject(error.status, str(error), scope, receive, send, drain=small)
             return
         token = set_authenticated_user(user)
         try:
