@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,3 +46,25 @@ def read_json(path: str | Path, default: Any = None) -> Any:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         return default
+
+
+# atomic_write's temporary names: ".<target name>.<mkstemp's 8 random characters><suffix>".
+_PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}(?:\.tmp|\.nii\.gz|\.nrrd|\.nii)$")
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_write` calls a kill interrupted, below ``folder``.
+
+    Such a file was never renamed into place, so no reader uses it; it only takes space.  Call
+    this only while nothing writes there (at server start, before any task runs).  Returns the
+    removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.rglob(".*"):
+        if path.is_file() and _PARTIAL.match(path.name):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

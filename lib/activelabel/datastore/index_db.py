@@ -58,7 +58,9 @@ class DatastoreDatabase:
 
     def __init__(self, path: str | Path) -> None:
         # Not fsynced per commit: the image and label files are the truth, reconciled at every start.
-        self.database = SqliteFile(path, schema=_SCHEMA, durable=False)
+        self.database = SqliteFile(
+            path, schema=_SCHEMA, durable=False, rebuild="the datastore index is rebuilt from the image and label files"
+        )
         self.path = self.database.path
 
     def is_empty(self) -> bool:

@@ -51,7 +51,13 @@ class LeaseStore:
     def __init__(self, path: str | Path, *, seconds: float) -> None:
         if seconds <= 0:
             raise ValueError(f"lease seconds must be > 0, got {seconds}")
-        self.database = SqliteFile(path, schema=_SCHEMA, durable=False)  # leases expire anyway
+        # Leases expire anyway: not fsynced per commit, and a damaged file starts over empty.
+        self.database = SqliteFile(
+            path,
+            schema=_SCHEMA,
+            durable=False,
+            rebuild="leases start empty: volumes handed out before may be handed out again",
+        )
         self.seconds = seconds
         self._selection = threading.Lock()
 

@@ -85,7 +85,9 @@ class ScoreStore:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.database = SqliteFile(path, schema=_SCHEMA)
+        self.database = SqliteFile(
+            path, schema=_SCHEMA, rebuild="scores start empty: the next scoring run scores every unlabeled volume again"
+        )
         self.path = self.database.path
         with self.database.transaction() as db:  # databases made before the agreement column
             columns = {row[1] for row in db.execute("PRAGMA table_info(scores)")}
