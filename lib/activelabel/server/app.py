@@ -3,8 +3,9 @@
 Importing this module assembles the app (uvicorn is pointed at ``activelabel.server.app:app``):
 the ``/activelabel`` routers, the infer route with its cache headers, MONAI Label's blocking
 endpoints moved to worker threads, the request guard, the one-task-at-a-time guard and the
-task worker.  Settings the server must not start with end the process here, with one ``error:``
-line and exit code 2, before uvicorn binds the port.
+task worker.  Settings the server must not start with, and a damaged database it cannot rebuild
+(see :mod:`activelabel.server.state_check`), end the process here, with one ``error:`` line and
+exit code 2, before uvicorn binds the port.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from activelabel.server.routes.labels import router as labels_router
 from activelabel.server.routes.ohif import install_ohif_routes
 from activelabel.server.routes.project import router as project_router
 from activelabel.server.routes.uncertainty import router as uncertainty_router
+from activelabel.server.state_check import check_state
+from activelabel.server.storage_errors import install_storage_errors
 from activelabel.server.task_guard import OneTaskAtATime
 from activelabel.workers.launcher import install_task_worker
 
@@ -35,10 +38,16 @@ app.include_router(labels_router)
 install_infer_route(app)
 offload_blocking_endpoints(app)
 install_ohif_routes(app)  # after the offload: it wraps the offloaded /info/ and /ohif endpoints
+install_storage_errors(app)
 try:
     install_guard(app, conf=monailabel_settings.MONAI_LABEL_APP_CONF or {})
+    check_state(
+        monailabel_settings.MONAI_LABEL_APP_CONF or {},
+        studies=monailabel_settings.MONAI_LABEL_STUDIES,
+        app_dir=monailabel_settings.MONAI_LABEL_APP_DIR,
+    )
 except ActiveLabelError as error:
-    logger.error("error: %s", error)
+    # Printed, not logged: MONAI Label's log goes to stderr too, and the reason is one line there.
     print(f"error: {error}", file=sys.stderr, flush=True)
     raise SystemExit(2) from None
 # Inside the access guard: an unauthenticated start request gets 401, not 429.
