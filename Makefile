@@ -3,9 +3,11 @@
 #   make serve     install, generate the sample datastore if absent, start the server
 #   make test      install and run the whole test suite
 #   make bench     install and run the benchmarks: foundation, 10-minute load test, scale (next sample at 100k,
-#                  Ray scoring, cheap uncertainty, task start-up, CT memory); each prints figures and writes bench/results/*.json
+#                  Ray scoring, cheap uncertainty, task start-up, CT memory, the shipped starting model's Dice on the
+#                  sample data); each prints figures and writes bench/results/*.json
 #   make bench-al  install and run, on the hippocampus MRI, the trainer's learning curve (bench/model_recipe.py)
-#                  and the active-learning comparison (bench/al_hippocampus.py); both resume from their caches
+#                  the active-learning comparison (bench/al_hippocampus.py) and click-based correction
+#                  (bench/refine_hippocampus.py); each resumes from its cache
 #   make bench-sparse  sparse annotation on the hippocampus: asked-for slices vs whole volumes (bench/sparse_hippocampus.py)
 #   make lint      ruff check + ruff format --check
 #   make pacs      install Orthanc (apt) if missing, start it on 127.0.0.1:8042 and load the sample DICOM
@@ -85,6 +87,7 @@ bench: install
 	$(PY) bench/cheap_uncertainty.py
 	$(PY) bench/task_startup.py
 	$(PY) bench/memory_ct.py
+	$(PY) bench/starter_models.py
 
 # Label efficiency on the MSD hippocampus MRI: the trainer's learning curve, then every strategy,
 # 3 seeds (hours on 2 CPU cores; DEVICE=cuda runs both on a GPU).
@@ -92,6 +95,7 @@ DEVICE ?= cpu
 bench-al: install
 	$(PY) bench/model_recipe.py --device $(DEVICE)
 	$(PY) bench/al_hippocampus.py --device $(DEVICE)
+	$(PY) bench/refine_hippocampus.py --device $(DEVICE)
 
 bench-sparse: install
 	$(PY) bench/sparse_hippocampus.py --device $(DEVICE)

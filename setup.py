@@ -18,6 +18,8 @@ setup(
     python_requires=">=3.10",
     packages=[*find_packages("lib"), "activelabel.strategies"],
     package_dir={"": "lib", "activelabel.strategies": "strategies"},
+    # The starting models shipped for the phantom sample data (activelabel.data.starter_model).
+    package_data={"activelabel.data": ["starters/*.pt"]},
     install_requires=[
         "torch==2.13.0",
         "monai==1.6.1",

@@ -28,6 +28,7 @@ FAST_CONF = {
     "retrain_after": "0",
     "presegment_refresh": "2",
     "rescore_after_training": "false",
+    "refine_steps": "1",
 }
 
 

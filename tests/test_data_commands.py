@@ -123,7 +123,9 @@ def test_generate_command_writes_the_datastore_and_prints_one_summary_line(
 ) -> None:
     dest = tmp_path / "studies"
 
-    code = run(["data", "generate", "--dest", str(dest), "--count", "3", "--labeled", "1", "--modality", "ct"])
+    code = run(
+        ["data", "generate", "--dest", str(dest), "--count", "3", "--labeled", "1", "--modality", "ct", "--no-model"]
+    )
 
     out, err = capsys.readouterr()
     assert code == 0
@@ -137,10 +139,10 @@ def test_generate_command_refuses_existing_volumes_with_one_error_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dest = tmp_path / "studies"
-    assert run(["data", "generate", "--dest", str(dest), "--count", "1", "--modality", "mr"]) == 0
+    assert run(["data", "generate", "--dest", str(dest), "--count", "1", "--modality", "mr", "--no-model"]) == 0
     capsys.readouterr()
 
-    code = run(["data", "generate", "--dest", str(dest), "--count", "2", "--modality", "mr"])
+    code = run(["data", "generate", "--dest", str(dest), "--count", "2", "--modality", "mr", "--no-model"])
 
     out, err = capsys.readouterr()
     assert code == 2
@@ -149,7 +151,10 @@ def test_generate_command_refuses_existing_volumes_with_one_error_line(
     assert err.count("\n") == 1
     assert "already exist" in err
     assert names(dest) == ["mr_000.nii.gz"], "nothing may be written by a refused call"
-    assert run(["data", "generate", "--dest", str(dest), "--count", "2", "--modality", "mr", "--overwrite"]) == 0
+    assert (
+        run(["data", "generate", "--dest", str(dest), "--count", "2", "--modality", "mr", "--overwrite", "--no-model"])
+        == 0
+    )
 
 
 @pytest.mark.parametrize(

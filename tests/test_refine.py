@@ -55,7 +55,9 @@ def test_a_false_positive_region_gets_a_background_click_and_a_right_mask_none()
     mask = np.zeros_like(truth)
     mask[_cube(truth.shape, 3, 10)] = 2
     click = largest_error_click(mask, truth)
-    assert click is not None and click.channel == 0 and click.point == (6, 6, 6)
+    assert click is not None
+    assert click.channel == 0
+    assert click.point == (6, 6, 6)
     assert largest_error_click(truth, truth) is None
 
 
@@ -69,9 +71,11 @@ def test_refine_input_holds_image_mask_one_hot_and_a_guidance_channel_per_label_
     inputs = refine_inputs(image, mask, clicks, num_labels=2)
     assert inputs.shape == (1 + 2 + 2 + 1, 12, 12, 12)
     assert torch.equal(inputs[0], image[0])
-    assert torch.equal(inputs[1], torch.zeros(12, 12, 12)) and inputs[2].sum() == 27
+    assert torch.equal(inputs[1], torch.zeros(12, 12, 12))
+    assert inputs[2].sum() == 27
     positive_1, positive_2, negative = inputs[3], inputs[4], inputs[5]
-    assert positive_1[6, 6, 6] == positive_1.max() == 1.0 and positive_2.max() == 0.0
+    assert positive_1[6, 6, 6] == positive_1.max() == 1.0
+    assert positive_2.max() == 0.0
     assert negative[3, 3, 3] == negative.max() == 1.0
     assert list(clicks.guidance(2)) == ["label_1", "label_2", BACKGROUND]
 

@@ -542,6 +542,8 @@ def test_refine_sends_the_mask_and_clicks_and_gets_a_label_map_on_the_image_grid
     session = LabelingSession(ActiveLabelClient(roomy.url, client_id="refiner"), workdir=tmp_path)
     assert session.connect().can_refine
     assert session.model == "segmentation"
+    session.start_training()  # the refine network trains with the segmentation model
+    assert roomy.wait_for_task("train")["status"] == "DONE", roomy.log_tail()
     sample = session.next_sample("random")
     pre = session.segment()
     image = nib.load(sample.image_file)

@@ -26,6 +26,7 @@ from activelabel.config import is_remote, load_settings
 from activelabel.datastore.factory import open_datastore
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import PublishedModel
+from activelabel.ml.interaction import REFINE_MODEL
 from activelabel.ml.uncertainty_map import UncertaintyMapCache
 from activelabel.scoring.scorer import warm_up_writer
 from activelabel.server.task_guard import task_pending
@@ -44,7 +45,7 @@ from activelabel.strategies.most_uncertain import MostUncertain
 from activelabel.strategies.random_sample import RandomSample
 from activelabel.strategies.uncertain_slices import UncertainSlices
 from activelabel.tasks.infer import REQUEST_IMAGE_ID, SegmentationInfer
-from activelabel.tasks.refine import REFINE_MODEL, RefineInfer, ensure_refine_model
+from activelabel.tasks.refine import RefineInfer, ensure_refine_model
 from activelabel.tasks.scoring import EpistemicScoring
 from activelabel.tasks.train import SegmentationTrainer
 from activelabel.workers.compute import ComputePool

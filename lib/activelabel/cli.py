@@ -1,6 +1,6 @@
 """The ``activelabel`` command line: one subcommand per module of :mod:`activelabel.commands`.
 
-This module only dispatches (serve, data, pacs, simulate, autolabel, cost, users, score).  Errors a
+This module only dispatches (serve, data, model, pacs, simulate, autolabel, cost, users, score).  Errors a
 user can fix (an :class:`~activelabel.errors.ActiveLabelError`, or an ``OSError`` such as a
 permission denied) end the command with exit code 2 and one line on stderr starting with
 ``error:``; anything else is a bug and keeps its traceback.
@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from activelabel.commands import autolabel, cost, data, pacs, score, serve, simulate, status, users
+from activelabel.commands import autolabel, cost, data, model, pacs, score, serve, simulate, status, users
 from activelabel.errors import ActiveLabelError
 
 USAGE_ERROR = 2
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``activelabel`` parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="activelabel", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (serve, data, pacs, simulate, autolabel, cost, users, score, status):
+    for command in (serve, data, model, pacs, simulate, autolabel, cost, users, score, status):
         command.register(subparsers)
     return parser
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from activelabel.data.fetch import fetch_msd_hippocampus
 from activelabel.data.phantoms import generate_datastore
+from activelabel.data.starter_model import StarterSource, install_starter_model
 from activelabel.data.to_dicom import datastore_to_dicom
 from activelabel.ml.transforms import Modality
 
@@ -48,6 +49,11 @@ def _add_generate(actions: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="series seed; same seed, same volumes (default: 0)")
     parser.add_argument("--labeled", type=int, default=0, help="volumes that start out labeled (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing volumes of the same ids")
+    parser.add_argument(
+        "--no-model",
+        action="store_true",
+        help="leave the project's model untrained (default: install the starting model shipped for the phantoms)",
+    )
     parser.set_defaults(func=run_generate)
 
 
@@ -101,8 +107,21 @@ def run_generate(args: argparse.Namespace) -> int:
         labeled=args.labeled,
         overwrite=args.overwrite,
     )
-    print(f"generated {summary.images} {args.modality} volumes ({summary.labeled} labeled) in {summary.dest}")
+    line = f"generated {summary.images} {args.modality} volumes ({summary.labeled} labeled) in {summary.dest}"
+    if not args.no_model:
+        line += "; " + _starter(args.dest, modality=args.modality)
+    print(line)
     return 0
+
+
+def _starter(dest: Path, *, modality: str) -> str:
+    """Install the shipped starting model; the summary's second half."""
+    outcome = install_starter_model(dest, modality=modality)
+    if outcome.source is StarterSource.NONE:
+        return "starting model: none ships for these settings (version 0, untrained)"
+    dice = outcome.info.val_mean_dice
+    quality = f", held-out phantom mean Dice {dice:.2f}" if dice is not None else ""
+    return f"starting model: {outcome.source.value} (version {outcome.info.version}{quality})"
 
 
 def run_fetch(args: argparse.Namespace) -> int:

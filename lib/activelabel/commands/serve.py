@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from activelabel.access.mode import resolve_access
+from activelabel.commands.model import import_model
 from activelabel.config import DEFAULT_APP_DIR, is_remote, load_settings, resolve_studies, setting
 from activelabel.errors import UsageError
 
@@ -42,6 +43,10 @@ def server_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     conf = dict(args.conf or [])
     load_settings(conf, studies=studies, app_dir=str(app))
     resolve_access(auth=setting("auth", conf=conf), users_file=setting("users_file", conf=conf), host=args.host)
+    if getattr(args, "model", None) is not None:
+        imported = import_model(args.model, studies=studies, conf=conf)
+        if imported is not None:
+            print(f"imported {args.model} as model version {imported.version}", flush=True)
     argv = [
         sys.executable,
         "-m",
@@ -88,6 +93,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--app", default=None, help=f"MONAI Label app folder (default: {DEFAULT_APP_DIR})")
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serve.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="checkpoint to start from (`activelabel model export` writes one); imported once, as the next version",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument(
         "--conf",

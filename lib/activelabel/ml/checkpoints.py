@@ -8,6 +8,7 @@ training run publishes the next version.  Both files are replaced atomically.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,9 @@ class ModelInfo:
     calibration: dict[str, Any] | None = None
     """The auto-label quality threshold calibrated on the validation volumes
     (:class:`activelabel.scoring.triage.Calibration` as a dict); ``None`` without validation."""
+    origin: str | None = None
+    """Where weights not trained on this project's labels came from (a starter model, an imported
+    checkpoint); ``None`` for the project's own training runs."""
 
     @property
     def trained(self) -> bool:
@@ -111,20 +115,76 @@ class ModelStore:
             self._write(state_dict, info)
             return info
 
+    def export(self, destination: str | Path) -> ModelInfo:
+        """Copy the published checkpoint (weights and info in one file) to ``destination``, atomically.
+
+        Raises:
+            FileNotFoundError: when nothing was published.
+        """
+        with FileLock(self._lock_path):
+            state, info = self.load()
+            payload = {"model": state, "activelabel": info.to_dict()}
+            atomic_write(Path(destination), lambda tmp: torch.save(payload, tmp), suffix=".pt")
+        return info
+
+    def import_checkpoint(self, source: str | Path, *, spec: NetworkSpec, labels: dict[str, int]) -> ModelInfo | None:
+        """Publish the weights of a checkpoint file (one :meth:`export` wrote) as the next version.
+
+        A file imported before (same SHA-256, recorded in ``<name>.imports.json``) is not
+        imported again, so a server started with the same ``--model`` every time keeps what it
+        trained since; returns ``None`` then.
+
+        Raises:
+            ValueError: the file is not an ActiveLabel checkpoint, or it was built for other
+                labels or another network than the project's.
+        """
+        source = Path(source)
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        imports_path = self.directory / f"{self.name}.imports.json"
+        imported = read_json(imports_path, default={})
+        if digest in imported:
+            return None
+        try:
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+            state, info = checkpoint["model"], ModelInfo.from_dict(checkpoint["activelabel"])
+        except Exception as error:  # torch raises many types for a file that is not a checkpoint
+            raise ValueError(f"{source} is not an ActiveLabel checkpoint ({type(error).__name__}: {error})") from None
+        self._check_compatible(info, spec, labels, where=str(source))
+        self.ensure_initial(spec, labels)  # version 0 first: an imported model is a trained version (>= 1)
+        # Shipped checkpoints may be stored in half precision; the project's are float32.
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        self.directory.mkdir(parents=True, exist_ok=True)
+        published = self.publish(
+            state,
+            spec=info.spec,
+            labels=info.labels,
+            val_dice=info.val_dice,
+            val_mean_dice=info.val_mean_dice,
+            epochs=info.epochs,
+            best_epoch=info.best_epoch,
+            calibration=info.calibration,
+            origin=f"imported from {source.name} (sha256 {digest[:16]})" + (f"; {info.origin}" if info.origin else ""),
+        )
+        atomic_write_json(imports_path, {**imported, digest: {"file": str(source), "version": published.version}})
+        return published
+
     def _write(self, state_dict: dict[str, torch.Tensor], info: ModelInfo) -> None:
         payload = {"model": {k: v.detach().cpu() for k, v in state_dict.items()}, "activelabel": info.to_dict()}
         atomic_write(self.checkpoint_path, lambda tmp: torch.save(payload, tmp))
         atomic_write_json(self.info_path, info.to_dict())
 
-    def _check_compatible(self, info: ModelInfo, spec: NetworkSpec, labels: dict[str, int]) -> None:
+    def _check_compatible(
+        self, info: ModelInfo, spec: NetworkSpec, labels: dict[str, int], *, where: str | None = None
+    ) -> None:
+        where = where or f"the model in {self.directory}"
         if dict(info.labels) != dict(labels):
             raise ValueError(
-                f"the model in {self.directory} was trained for labels {info.labels}, but the app is configured "
+                f"{where} was trained for labels {info.labels}, but the app is configured "
                 f"with {labels}; point model_dir elsewhere or restore the original labels"
             )
         if NetworkSpec.from_dict(info.spec) != spec:
             raise ValueError(
-                f"the model in {self.directory} has architecture {info.spec}, but the app is configured with "
+                f"{where} has architecture {info.spec}, but the app is configured with "
                 f"{spec.to_dict()}; point model_dir elsewhere or restore the original network settings (a model "
                 "trained before DynUNet became the default needs --conf architecture unet --conf dropout_scope all)"
             )

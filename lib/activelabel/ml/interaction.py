@@ -37,6 +37,9 @@ from activelabel.ml.networks import NetworkSpec
 from activelabel.ml.training import TrainOptions, train_network
 from activelabel.ml.transforms import Preset
 
+REFINE_MODEL = "refine"
+"""Name of the refinement network's infer task and checkpoint."""
+
 BACKGROUND = "background"
 """The click key of negative clicks (DeepEdit's name for the background label)."""
 

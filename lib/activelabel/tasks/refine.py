@@ -25,15 +25,19 @@ from activelabel.config import Settings
 from activelabel.labelmap import LabelMap
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import PublishedModel
-from activelabel.ml.interaction import BACKGROUND, Click, Clicks, points_to_model_grid, refine_inputs, refine_spec
+from activelabel.ml.interaction import (
+    BACKGROUND,
+    Click,
+    Clicks,
+    points_to_model_grid,
+    refine_inputs,
+    refine_spec,
+)
 from activelabel.ml.networks import build_network
 from activelabel.ml.transforms import load_transforms
 from activelabel.store.validation import InputRejected
 from activelabel.tasks.infer import segmentation_post_transforms
 from activelabel.workers.compute import ComputePool
-
-REFINE_MODEL = "refine"
-"""Name of the refinement network's infer task and checkpoint."""
 
 
 def parse_clicks(request: Mapping[str, Any], labels: LabelMap) -> dict[str, list[list[float]]]:
