@@ -25,10 +25,10 @@ from activelabel.data.phantoms import PHANTOM_LABELS, generate_phantom
 from activelabel.labelmap import LabelMap
 from activelabel.ml.checkpoints import ModelInfo, ModelStore
 from activelabel.ml.inference import load_model
-from activelabel.ml.interaction import REFINE_MODEL, refine_spec
+from activelabel.ml.interaction import REFINE_MODEL, refine_spec, train_refine_network
 from activelabel.ml.metrics import mean_dice
 from activelabel.ml.training import load_volumes, train_network, validate
-from activelabel.ml.transforms import Modality
+from activelabel.ml.transforms import Modality, Preset
 
 logger = logging.getLogger(__name__)
 
@@ -176,19 +176,9 @@ def train_starter_model(
         logger.info("model version %d exists in %s: no starter model trained", existing.version, store.directory)
         return None
     first = seed + STARTER_SEED_OFFSET
-    count = recipe.volumes + recipe.val_volumes
-    with tempfile.TemporaryDirectory(prefix="activelabel-starter-") as folder:
-        root = Path(folder)
-        ids = [f"starter_{index:03d}" for index in range(count)]
-        cases = ((case, generate_phantom(modality=modality, index=i, seed=first)) for i, case in enumerate(ids))
-        write_datastore(root, cases, labels=PHANTOM_LABELS[modality], labeled=count)
-        items = [{"image": str(image_path(root, case)), "label": str(final_label_path(root, case))} for case in ids]
-        volumes = load_volumes(items, preset=settings.preset, labels=settings.labels)
+    volumes = starter_volumes(settings, modality=modality, seed=first, count=recipe.volumes + recipe.val_volumes)
     train, held_out = volumes[: recipe.volumes], volumes[recipe.volumes :]
-    patch_preset = replace(
-        settings.preset,
-        roi_size=_scaled_patch(settings.preset.roi_size, recipe.patch_voxels, divisor=settings.network.size_divisor),
-    )
+    patch_preset = _patch_preset(settings, recipe)
     network, _ = load_model(store, device=settings.device)
     options = settings.train_options(
         seed=first,
@@ -226,6 +216,66 @@ def train_starter_model(
     )
     logger.info("published starter model version %d (held-out mean Dice %s)", info.version, info.val_mean_dice)
     return info
+
+
+def train_starter_refine(
+    studies: Path,
+    *,
+    modality: Modality | str,
+    seed: int = 0,
+    recipe: StarterRecipe | None = None,
+    conf: dict[str, str] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> ModelInfo:
+    """Train the click-conditioned refinement network on the starter's phantoms and publish it.
+
+    The same phantoms as :func:`train_starter_model` (all ``recipe.volumes + val_volumes``:
+    the refinement network has no validation), simulated clicks as the server's trainer uses.
+    """
+    modality = Modality(modality)
+    recipe = recipe or StarterRecipe()
+    settings = starter_settings(studies, conf=conf)
+    store = ModelStore(settings.model_dir, name=REFINE_MODEL)
+    store.ensure_initial(refine_spec(settings.network), settings.labels.to_dict(), seed=settings.seed)
+    first = seed + STARTER_SEED_OFFSET
+    volumes = starter_volumes(settings, modality=modality, seed=first, count=recipe.volumes + recipe.val_volumes)
+    options = settings.train_options(
+        seed=first,
+        max_epochs=recipe.steps // recipe.steps_per_epoch,
+        steps_per_epoch=recipe.steps_per_epoch,
+        patience=None,
+        learning_rate=recipe.learning_rate,
+        foreground_share=0.5,
+        samples_per_volume=recipe.samples_per_volume,
+    )
+    return train_refine_network(
+        store,
+        volumes,
+        preset=_patch_preset(settings, recipe),
+        labels=settings.labels,
+        options=options,
+        device=settings.device,
+        on_epoch=on_epoch,
+    )
+
+
+def starter_volumes(settings: Settings, *, modality: Modality, seed: int, count: int) -> list[dict[str, Any]]:
+    """``count`` phantoms of series ``seed``, pre-processed with ``settings`` (written to a scratch folder)."""
+    with tempfile.TemporaryDirectory(prefix="activelabel-starter-") as folder:
+        root = Path(folder)
+        ids = [f"starter_{index:03d}" for index in range(count)]
+        cases = ((case, generate_phantom(modality=modality, index=i, seed=seed)) for i, case in enumerate(ids))
+        write_datastore(root, cases, labels=PHANTOM_LABELS[modality], labeled=count)
+        items = [{"image": str(image_path(root, case)), "label": str(final_label_path(root, case))} for case in ids]
+        return load_volumes(items, preset=settings.preset, labels=settings.labels)
+
+
+def _patch_preset(settings: Settings, recipe: StarterRecipe) -> Preset:
+    """The settings' preset with the recipe's smaller training patch."""
+    divisor = settings.network.size_divisor
+    return replace(
+        settings.preset, roi_size=_scaled_patch(settings.preset.roi_size, recipe.patch_voxels, divisor=divisor)
+    )
 
 
 def _scaled_patch(roi_size: tuple[int, int, int], voxels: int, *, divisor: int) -> tuple[int, int, int]:
