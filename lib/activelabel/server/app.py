@@ -2,10 +2,11 @@
 
 Importing this module assembles the app (uvicorn is pointed at ``activelabel.server.app:app``):
 the ``/activelabel`` routers, the infer route with its cache headers, MONAI Label's blocking
-endpoints moved to worker threads, the request guard, the one-task-at-a-time guard and the
-task worker.  Settings the server must not start with, and a damaged database it cannot rebuild
-(see :mod:`activelabel.server.state_check`), end the process here, with one ``error:`` line and
-exit code 2, before uvicorn binds the port.
+endpoints moved to worker threads, MONAI Label's errors answered by kind (4xx for the caller's
+mistakes), the OpenAPI document describing the real inputs, the request guard, the
+one-task-at-a-time guard and the task worker.  Settings the server must not start with, and a
+damaged database it cannot rebuild (see :mod:`activelabel.server.state_check`), end the process
+here, with one ``error:`` line and exit code 2, before uvicorn binds the port.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from monailabel.app import app
 from monailabel.config import settings as monailabel_settings
 
 from activelabel.errors import ActiveLabelError
+from activelabel.server.monailabel_errors import install_monailabel_errors
 from activelabel.server.offload import offload_blocking_endpoints
+from activelabel.server.openapi_schema import install_openapi_fixes
 from activelabel.server.request_guard import install_guard
 from activelabel.server.routes.infer import install_infer_route
 from activelabel.server.routes.labels import router as labels_router
@@ -39,6 +42,8 @@ install_infer_route(app)
 offload_blocking_endpoints(app)
 install_ohif_routes(app)  # after the offload: it wraps the offloaded /info/ and /ohif endpoints
 install_storage_errors(app)
+install_monailabel_errors(app)  # after the offload and the infer route: it wraps their endpoints
+install_openapi_fixes(app)
 try:
     install_guard(app, conf=monailabel_settings.MONAI_LABEL_APP_CONF or {})
     check_state(
