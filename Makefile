@@ -1,10 +1,10 @@
 # ActiveLabel — the README's commands.
 #   make install   create .venv and install everything (quick when up to date)
 #   make serve     install, generate the sample datastore if absent, start the server
-#   make test      install and run the whole test suite
+#   make test      install and run the whole test suite (tests/test_fuzz.py fuzzes a real server for about a minute)
 #   make bench     install and run the benchmarks: foundation, 10-minute load test, scale (next sample at 100k,
 #                  Ray scoring, cheap uncertainty, task start-up, CT memory, the shipped starting model's Dice on the
-#                  sample data); each prints figures and writes bench/results/*.json
+#                  sample data), 5 minutes of API fuzzing; each prints figures and writes bench/results/*.json
 #   make bench-al  install and run, on the hippocampus MRI, the trainer's learning curve (bench/model_recipe.py)
 #                  the active-learning comparison (bench/al_hippocampus.py) and click-based correction
 #                  (bench/refine_hippocampus.py); each resumes from its cache
@@ -88,6 +88,7 @@ bench: install
 	$(PY) bench/task_startup.py
 	$(PY) bench/memory_ct.py
 	$(PY) bench/starter_models.py
+	$(PY) bench/fuzz.py
 
 # Label efficiency on the MSD hippocampus MRI: the trainer's learning curve, then every strategy,
 # 3 seeds (hours on 2 CPU cores; DEVICE=cuda runs both on a GPU).
