@@ -37,8 +37,10 @@ from activelabel.fsutil import atomic_write, atomic_write_json
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import predict_probabilities, sliding_window
 from activelabel.ml.interaction import (
+    LOCAL_RADIUS,
     click_curve,
     label_channels,
+    merge_near_clicks,
     refine_probabilities,
     refine_spec,
     train_refine_network,
@@ -74,6 +76,12 @@ def main() -> None:
     parser.add_argument("--refine-steps", type=int, default=800, help="refinement steps (default: 800)")
     parser.add_argument("--val-every", type=int, default=100, help="steps between validations")
     parser.add_argument("--clicks", type=int, default=5, help="clicks per test volume (default: 5)")
+    parser.add_argument(
+        "--local-radius",
+        type=float,
+        default=LOCAL_RADIUS,
+        help=f"voxels around each click the refinement may change (0: everywhere; default {LOCAL_RADIUS})",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
@@ -167,7 +175,7 @@ def main() -> None:
             probabilities = refine_probabilities(
                 refinement, image, mask, clicks, inferer=inferer, num_labels=num_labels
             )
-            return probabilities.argmax(dim=0).numpy()
+            return merge_near_clicks(mask, probabilities.argmax(dim=0).numpy(), clicks, radius=args.local_radius)
 
         curve = click_curve(segment=segment, refine=refine, truth=truth, clicks=args.clicks, channels=channels)
         curves.append([mean_dice(point.values()) for point in curve])
@@ -189,13 +197,19 @@ def main() -> None:
         "test_count": len(test),
         "segmentation": {**seg_record, "step_cap": args.seg_steps},
         "refinement": {**refine_record, "input_channels": spec.in_channels},
+        "local_radius": args.local_radius,
         "evaluation_seconds": evaluation_seconds,
         "device": args.device,
         "threads": torch.get_num_threads(),
         "protocol": "click at the deepest voxel of the largest error region of the current mask, its truth label",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(RESULTS / "refine-hippocampus.json", results)
+    name = (
+        "refine-hippocampus.json"
+        if args.local_radius == LOCAL_RADIUS
+        else f"refine-hippocampus-r{args.local_radius:g}.json"
+    )
+    atomic_write_json(RESULTS / name, results)
     print("clicks  mean Dice  (sd)")
     for n in range(args.clicks + 1):
         print(f"{n:>6}  {mean_after[str(n)]:.3f}     ({sd_after[str(n)]:.3f})")

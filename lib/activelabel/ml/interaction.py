@@ -242,6 +242,28 @@ def refine_probabilities(
     return predict_probabilities(network, inputs, inferer)
 
 
+LOCAL_RADIUS = 5
+"""Voxels around each click within which the refinement network's answer replaces the mask."""
+
+
+def merge_near_clicks(
+    mask: np.ndarray, refined: np.ndarray, clicks: Clicks, *, radius: float = LOCAL_RADIUS
+) -> np.ndarray:
+    """``refined`` within ``radius`` voxels of a click, ``mask`` elsewhere: a click changes only its neighbourhood.
+
+    Without it the network also redraws boundaries far from any click, which on the
+    hippocampus lost more than the clicks gained (``bench/refine_hippocampus.py``).
+    """
+    points = [p for ps in clicks.by_channel.values() for p in ps]
+    if not points or radius <= 0:
+        return np.asarray(refined)
+    seeds = np.ones(mask.shape, dtype=bool)
+    for point in points:
+        seeds[point] = False
+    near = ndimage.distance_transform_edt(seeds) <= radius
+    return np.where(near, refined, mask)
+
+
 def click_curve(
     *,
     segment: Any,

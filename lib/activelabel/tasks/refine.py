@@ -11,22 +11,28 @@ a label map on the image's grid, like the segmentation task's.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import DeleteItemsd, MapTransform
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from scipy import ndimage
 from torch import nn
 
 from activelabel.config import Settings
+from activelabel.fsutil import atomic_write
 from activelabel.labelmap import LabelMap
 from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import PublishedModel
 from activelabel.ml.interaction import (
     BACKGROUND,
+    LOCAL_RADIUS,
     Click,
     Clicks,
     points_to_model_grid,
@@ -174,12 +180,43 @@ class RefineInfer(BasicInferTask):
             request["label"] = label
         compute = super().__call__
         if self.compute is None:
-            return compute(request, callbacks)
-        return self.compute.run(compute, request, callbacks)
+            label, result = compute(request, callbacks)
+        else:
+            label, result = self.compute.run(compute, request, callbacks)
+        keep_mask_away_from_clicks(request["label"], label, clicks, spacing=self.settings.preset.spacing)
+        return label, result
 
     def clear(self) -> None:
         self._loaded.clear()
         super().clear()
+
+
+def keep_mask_away_from_clicks(
+    mask_file: str, refined_file: str, clicks: dict[str, list[list[float]]], *, spacing: Sequence[float] | None
+) -> None:
+    """Rewrite ``refined_file`` (in place, atomically) to the current mask beyond :data:`LOCAL_RADIUS` of every click.
+
+    Both files are on the image's grid; the radius is in model-grid voxels (the preset
+    spacing, in mm), as :func:`activelabel.ml.interaction.merge_near_clicks` applies it in
+    the benchmark.
+    """
+    refined_image = nib.load(refined_file)
+    refined = np.asarray(refined_image.dataobj)
+    mask = np.asarray(nib.load(mask_file).dataobj).reshape(refined.shape)
+    seeds = np.ones(refined.shape, dtype=bool)
+    for points in clicks.values():
+        for point in points:
+            index = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(point, refined.shape, strict=True))
+            seeds[index] = False
+    if seeds.all():
+        return
+    voxel = np.asarray(refined_image.header.get_zooms()[:3], dtype=float)
+    radius_mm = LOCAL_RADIUS * (min(spacing) if spacing else float(voxel.min()))
+    near = ndimage.distance_transform_edt(seeds, sampling=voxel) <= radius_mm
+    merged = np.where(near, refined, mask).astype(refined.dtype)
+    out = nib.Nifti1Image(merged, refined_image.affine, refined_image.header)
+    suffix = ".nii.gz" if str(refined_file).endswith(".nii.gz") else Path(refined_file).suffix
+    atomic_write(Path(refined_file), lambda tmp: nib.save(out, str(tmp)), suffix=suffix)
 
 
 def ensure_refine_model(store: ModelStore, settings: Settings) -> None:
