@@ -95,6 +95,7 @@ CASES = [
     ("weights-for-unknown-model", "PUT", "/model/no-such-model", {}, "file", 404, "no-such-model"),
     ("session-not-an-archive", "PUT", "/session/", {"uncompress": "true"}, "files", 422, "archive"),
     ("image-params-not-json", "PUT", "/datastore/image", {}, "file+params", 422, "'params'"),
+    ("log-lines-past-any-int", "GET", "/logs/", {"lines": "139885717467066023936"}, None, 422, "'lines'"),
     ("label-params-not-json", "PUT", "/datastore/label", {"image": "ct_001"}, "label+params", 422, "'params'"),
 ]
 
@@ -150,6 +151,8 @@ def test_the_schema_declares_json_form_fields_and_no_unread_token_parameter(fuzz
     assert params["contentSchema"] == {"type": "object"}
     wsi = bodies["Body_api_run_wsi_v2_inference_infer_wsi_v2__model__post"]["properties"]["wsi"]
     assert "tile_size" in wsi["contentSchema"]["properties"]
+    lines = next(p for p in document["paths"]["/logs/"]["get"]["parameters"] if p["name"] == "lines")
+    assert {"minimum": -1_000_000, "maximum": 1_000_000}.items() <= lines["schema"]["anyOf"][0].items()
 
 
 # ---------------------------------------------------------------- the fuzzer

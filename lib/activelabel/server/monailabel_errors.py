@@ -11,6 +11,8 @@ without help every one of them reaches the client as a bare "Internal Server Err
   anything but a JSON object is a 422 naming the field (MONAI Label would fail on it with a 500);
 * MONAI Label's 500s that are the caller's fault (no image given, weights sent for a model that
   does not exist) are rewritten to 422/404 with a reason;
+* integer query parameters MONAI Label passes on unchecked (``GET /logs/?lines=``, which ends in an
+  ``OverflowError`` past the machine's integers) are a 422 outside their range;
 * ``PUT /session/?uncompress=true`` with an upload that is no archive (or a broken one) is a 422;
 * ``GET /logs/gpu`` on a machine without ``nvidia-smi`` answers 200 with that explanation.
 """
@@ -60,6 +62,11 @@ JSON_FORM_FIELDS: Mapping[tuple[str, str], Mapping[str, type[BaseModel] | None]]
 
 CALLER_FAULT_ROUTES = (("POST", "/infer/{model}"), ("POST", "/infer/wsi_v2/{model}"), ("PUT", "/model/{model}"))
 """MONAI Label routes that answer some of the caller's mistakes with a 500 (see :data:`CALLER_FAULTS`)."""
+
+INTEGER_RANGES: Mapping[tuple[str, str], Mapping[str, tuple[int, int]]] = {
+    ("GET", "/logs/"): {"lines": (-1_000_000, 1_000_000), "refresh": (-86_400, 86_400)},
+}
+"""Integer query parameters of MONAI Label routes and the range each accepts (inclusive)."""
 
 BAD_ARCHIVE_ERRORS = (shutil.ReadError, zipfile.BadZipFile, tarfile.TarError, EOFError)
 """What unpacking an upload that is no archive, or a truncated one, raises."""
@@ -173,23 +180,37 @@ def check_json_object(name: str, value: object, model: type[BaseModel] | None = 
             ) from None
 
 
+def check_range(name: str, value: object, low: int, high: int) -> None:
+    """Raise a 422 unless the integer parameter ``name`` is absent or within ``low``..``high``.
+
+    Raises:
+        HTTPException: 422 with the parameter, its range and what it got.
+    """
+    if isinstance(value, int) and not low <= value <= high:
+        raise HTTPException(status_code=422, detail=f"'{name}' must be from {low} to {high}, got {value}.")
+
+
 def checked(
     endpoint: Callable[..., Any],
     *,
     json_fields: Mapping[str, type[BaseModel] | None] | None = None,
+    ranges: Mapping[str, tuple[int, int]] | None = None,
     bad_upload: tuple[tuple[type[Exception], ...], str] | None = None,
 ) -> Callable[..., Any]:
-    """``endpoint`` with its JSON form fields checked first and its caller-fault 500s answered as 4xx.
+    """``endpoint`` with its JSON form fields and integer ranges checked first, its caller-fault 500s answered as 4xx.
 
     ``bad_upload``: the errors that mean an upload could not be read, and the reason of the 422
     that answers them (``{error}`` is the error's text).
     """
     fields = dict(json_fields or {})
+    bounds = dict(ranges or {})
     upload_errors, upload_reason = bad_upload if bad_upload is not None else ((), "")
 
     def run(**values: Any) -> Any:
         for name, model in fields.items():
             check_json_object(name, values.get(name), model)
+        for name, (low, high) in bounds.items():
+            check_range(name, values.get(name), low, high)
         try:
             result = endpoint(**values)
             return asyncio.run(result) if inspect.iscoroutine(result) else result
@@ -232,11 +253,13 @@ def gpu_info(original: Callable[..., Any]) -> Callable[..., Any]:
 def install_monailabel_errors(app: FastAPI) -> None:
     """Answer MONAI Label's exceptions by kind and wrap its routes that answer the caller's mistakes with a 500."""
     app.add_exception_handler(MONAILabelException, _monailabel_exception)
-    for method, path in sorted(set(JSON_FORM_FIELDS) | set(CALLER_FAULT_ROUTES) | set(BAD_UPLOAD_ROUTES)):
+    routes = set(JSON_FORM_FIELDS) | set(CALLER_FAULT_ROUTES) | set(INTEGER_RANGES) | set(BAD_UPLOAD_ROUTES)
+    for method, path in sorted(routes):
         route = find_route(app, path, method)
         wrapped = checked(
             route.endpoint,
             json_fields=JSON_FORM_FIELDS.get((method, path)),
+            ranges=INTEGER_RANGES.get((method, path)),
             bad_upload=BAD_UPLOAD_ROUTES.get((method, path)),
         )
         replace_endpoint(app, route, wrapped)
@@ -244,4 +267,12 @@ def install_monailabel_errors(app: FastAPI) -> None:
     replace_endpoint(app, route, gpu_info(route.endpoint))
 
 
-__all__ = ["CALLER_FAULTS", "JSON_FORM_FIELDS", "caller_fault", "check_json_object", "install_monailabel_errors"]
+__all__ = [
+    "CALLER_FAULTS",
+    "INTEGER_RANGES",
+    "JSON_FORM_FIELDS",
+    "caller_fault",
+    "check_json_object",
+    "check_range",
+    "install_monailabel_errors",
+]

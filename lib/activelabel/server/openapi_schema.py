@@ -1,13 +1,14 @@
 """``/openapi.json`` describing what the routes really accept, so clients and the fuzzer send real inputs.
 
-FastAPI derives the document from MONAI Label's signatures, which misdescribe two things:
+FastAPI derives the document from MONAI Label's signatures, which misdescribe three things:
 
 * every MONAI Label operation lists a ``token`` query parameter: the placeholder of MONAI Label's
   own (disabled) authentication, which nothing reads; ``activelabel serve`` takes credentials
   from the ``Authorization`` header only, so the parameter is dropped;
 * the form fields ``params``, ``info`` and ``wsi`` are declared as free strings, while the routes
   parse them as a JSON object (and answer anything else with 422): they are declared as JSON
-  (``contentMediaType: application/json``) holding an object.
+  (``contentMediaType: application/json``) holding an object;
+* integer query parameters without bounds (``GET /logs/?lines=``) get the range the server accepts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from fastapi import FastAPI
 from monailabel.endpoints.wsi_infer import WSIInput
 
-from activelabel.server.monailabel_errors import JSON_FORM_FIELDS
+from activelabel.server.monailabel_errors import INTEGER_RANGES, JSON_FORM_FIELDS
 
 IGNORED_QUERY_PARAMETERS = frozenset({"token"})
 """Query parameters MONAI Label's signatures declare but no code reads."""
@@ -49,6 +50,13 @@ def _content_schema(model: type[Any] | None) -> dict[str, Any]:
     return {"type": "object"}
 
 
+def _bound(schema: dict[str, Any], low: int, high: int) -> None:
+    """Give the integer options of a parameter's schema (``anyOf`` included) their range."""
+    for option in schema.get("anyOf", [schema]):
+        if isinstance(option, dict) and option.get("type") == "integer":
+            option["minimum"], option["maximum"] = low, high
+
+
 def describe_inputs(document: dict[str, Any]) -> dict[str, Any]:
     """Fix ``document`` in place (see the module's docstring) and return it; running it twice changes nothing."""
     for path, operations in document.get("paths", {}).items():
@@ -62,6 +70,10 @@ def describe_inputs(document: dict[str, Any]) -> dict[str, Any]:
                 ]
                 if not operation["parameters"]:
                     del operation["parameters"]
+            for parameter in operation.get("parameters", []):
+                bounds = INTEGER_RANGES.get((method.upper(), path), {}).get(parameter.get("name"))
+                if bounds is not None and parameter.get("in") == "query":
+                    _bound(parameter.get("schema", {}), *bounds)
             fields = JSON_FORM_FIELDS.get((method.upper(), path))
             if not fields:
                 continue
