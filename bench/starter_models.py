@@ -7,7 +7,8 @@ script measures it as ``data generate`` installs it, on the sample datastore's o
 truth, written to ``bench/results/starter-models-<modality>.json`` (about a minute).  With
 ``--train`` it first makes that checkpoint again: the default network trained on separately
 seeded phantoms (:func:`activelabel.data.starter_model.train_starter_model`, the recipe below),
-written in half precision (about 20 minutes on 2 CPU cores; ``--device cuda`` for a GPU), and the click-conditioned
+written compactly, int8 weights with per-channel scales, under 2 MB (about 20 minutes on
+2 CPU cores; ``--device cuda`` for a GPU), and the click-conditioned
 refinement network on the same phantoms (``ct-refine.pt``), measured by mean Dice after
 1 to 3 clicks on the sample volumes (each at the largest error of the current mask).
 """
@@ -38,7 +39,7 @@ from activelabel.data.starter_model import (
     train_starter_refine,
 )
 from activelabel.fsutil import atomic_write, atomic_write_json
-from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.checkpoints import ModelStore, compact_state
 from activelabel.ml.inference import load_model, predict_probabilities
 from activelabel.ml.interaction import REFINE_MODEL, click_curve, refine_probabilities
 from activelabel.ml.metrics import dice_per_label, mean_dice
@@ -58,7 +59,8 @@ def train_shipped(modality: str, *, steps: int, refine_steps: int, conf: dict[st
     """Train the starters on fresh phantoms (or take ``project``'s) and write them as the shipped files.
 
     The segmentation network is trained unless ``project`` has one; the refinement network
-    unless ``project`` has a trained one; both are written in half precision.
+    unless ``project`` has a trained one; both are
+    written compactly (int8 weights, :func:`~activelabel.ml.checkpoints.compact_state`).
     """
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="starter-train-") as scratch:
@@ -76,9 +78,8 @@ def train_shipped(modality: str, *, steps: int, refine_steps: int, conf: dict[st
                 train_starter_refine(project, modality=modality, recipe=refine_recipe, conf=conf, on_epoch=on_epoch)
         for name in ("segmentation", REFINE_MODEL):
             network, info = load_model(ModelStore(model_dir, name=name))
-            half = {k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}
             STARTERS.mkdir(parents=True, exist_ok=True)
-            payload = {"model": half, "activelabel": info.to_dict()}
+            payload = {**compact_state(network.state_dict()), "activelabel": info.to_dict()}
             atomic_write(STARTERS / f"{modality}-{name}.pt", lambda tmp, p=payload: torch.save(p, tmp), suffix=".pt")
     return time.perf_counter() - began
 

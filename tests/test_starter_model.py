@@ -17,7 +17,7 @@ from activelabel.commands.serve import server_command
 from activelabel.data.layout import truth_path
 from activelabel.data.phantoms import generate_datastore
 from activelabel.data.starter_model import StarterSource, install_starter_model, shipped_starter, starter_settings
-from activelabel.ml.checkpoints import ModelStore
+from activelabel.ml.checkpoints import ModelStore, compact_state, expand_state
 from activelabel.ml.metrics import dice_per_label, mean_dice
 from activelabel.testing.server_process import ServerProcess
 from tests.conftest import ServerFactory
@@ -41,12 +41,26 @@ def sample_server(sample: Path, server_factory: ServerFactory) -> ServerProcess:
     return server_factory.start(sample, conf={"architecture": "dynunet", "state_dir": str(sample / ".activelabel")})
 
 
-def test_the_ct_starting_model_ships_in_half_precision_and_small() -> None:
+def test_the_ct_starting_model_ships_compact_and_under_2_mb() -> None:
     shipped = shipped_starter("ct")
     assert shipped is not None
-    assert shipped.stat().st_size < 8_000_000
+    assert shipped.stat().st_size < 2_000_000
     checkpoint = torch.load(shipped, weights_only=True)
+    weights = [v for k, v in checkpoint["model"].items() if k in checkpoint["int8_scales"]]
+    assert weights
+    assert {v.dtype for v in weights} == {torch.int8}
     assert {v.dtype for v in checkpoint["model"].values() if v.is_floating_point()} == {torch.float16}
+
+
+def test_a_compact_checkpoint_expands_to_the_weights_within_int8_rounding() -> None:
+    layer = torch.nn.Conv3d(2, 4, 3)
+    shared = {"a.weight": layer.weight, "a.bias": layer.bias, "b.weight": layer.weight}
+    state = expand_state(compact_state(shared))
+    assert state["b.weight"] is state["a.weight"]
+    step = layer.weight.detach().abs().reshape(4, -1).amax(dim=1) / 127
+    error = (state["a.weight"] - layer.weight.detach()).abs().reshape(4, -1).amax(dim=1)
+    assert torch.all(error <= step * 0.6)  # half a step, plus the float16 rounding of the scale
+    assert state["a.bias"].dtype == torch.float32
 
 
 def test_the_first_served_volume_gets_a_useful_presegmentation_without_any_training(

@@ -146,13 +146,11 @@ class ModelStore:
             return None
         try:
             checkpoint = torch.load(source, map_location="cpu", weights_only=True)
-            state, info = checkpoint["model"], ModelInfo.from_dict(checkpoint["activelabel"])
+            state, info = expand_state(checkpoint), ModelInfo.from_dict(checkpoint["activelabel"])
         except Exception as error:  # torch raises many types for a file that is not a checkpoint
             raise ValueError(f"{source} is not an ActiveLabel checkpoint ({type(error).__name__}: {error})") from None
         self._check_compatible(info, spec, labels, where=str(source))
         self.ensure_initial(spec, labels)  # version 0 first: an imported model is a trained version (>= 1)
-        # Shipped checkpoints may be stored in half precision; the project's are float32.
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         self.directory.mkdir(parents=True, exist_ok=True)
         published = self.publish(
             state,
@@ -188,3 +186,46 @@ class ModelStore:
                 f"{spec.to_dict()}; point model_dir elsewhere or restore the original network settings (a model "
                 "trained before DynUNet became the default needs --conf architecture unet --conf dropout_scope all)"
             )
+
+
+def compact_state(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A small checkpoint payload for shipping: shared tensors once, weights in int8.
+
+    A tensor held under two names (a DynUNet's deep-supervision heads) is stored once with
+    an alias; float weights with two or more dimensions become int8 with one float16 scale per
+    output channel (symmetric, the largest magnitude of the channel maps to 127); the other
+    float tensors (biases, norms) become float16.  :func:`expand_state` reverses it.
+    """
+    model: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    scales: dict[str, torch.Tensor] = {}
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    for key, value in state_dict.items():
+        identity = (value.data_ptr(), tuple(value.shape))
+        if identity in seen:
+            aliases[key] = seen[identity]
+            continue
+        seen[identity] = key
+        if value.is_floating_point() and value.ndim >= 2:
+            flat = value.detach().float().reshape(value.shape[0], -1)
+            scale = flat.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+            model[key] = torch.round(flat / scale[:, None]).to(torch.int8).reshape(value.shape)
+            scales[key] = scale.half()
+        else:
+            model[key] = value.detach().half() if value.is_floating_point() else value.detach()
+    return {"model": model, "aliases": aliases, "int8_scales": scales}
+
+
+def expand_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The float32 state dict of a checkpoint payload, plain or made by :func:`compact_state`."""
+    scales = checkpoint.get("int8_scales") or {}
+    state: dict[str, torch.Tensor] = {}
+    for key, value in checkpoint["model"].items():
+        if key in scales:
+            shape = value.shape
+            value = value.float().reshape(shape[0], -1) * scales[key].float()[:, None]
+            value = value.reshape(shape)
+        state[key] = value.float() if value.is_floating_point() else value
+    for key, canonical in (checkpoint.get("aliases") or {}).items():
+        state[key] = state[canonical]
+    return state
