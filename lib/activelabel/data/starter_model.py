@@ -27,7 +27,7 @@ from activelabel.ml.checkpoints import ModelInfo, ModelStore
 from activelabel.ml.inference import load_model
 from activelabel.ml.interaction import REFINE_MODEL, refine_spec, train_refine_network
 from activelabel.ml.metrics import mean_dice
-from activelabel.ml.training import load_volumes, train_network, validate
+from activelabel.ml.training import TrainOptions, load_volumes, train_network, validate
 from activelabel.ml.transforms import Modality, Preset
 
 logger = logging.getLogger(__name__)
@@ -180,15 +180,7 @@ def train_starter_model(
     train, held_out = volumes[: recipe.volumes], volumes[recipe.volumes :]
     patch_preset = _patch_preset(settings, recipe)
     network, _ = load_model(store, device=settings.device)
-    options = settings.train_options(
-        seed=first,
-        max_epochs=recipe.steps // recipe.steps_per_epoch,
-        steps_per_epoch=recipe.steps_per_epoch,
-        patience=None,
-        learning_rate=recipe.learning_rate,
-        foreground_share=0.5,
-        samples_per_volume=recipe.samples_per_volume,
-    )
+    options = _options(settings, recipe, seed=first)
     result = train_network(
         network,
         train,
@@ -239,15 +231,7 @@ def train_starter_refine(
     store.ensure_initial(refine_spec(settings.network), settings.labels.to_dict(), seed=settings.seed)
     first = seed + STARTER_SEED_OFFSET
     volumes = starter_volumes(settings, modality=modality, seed=first, count=recipe.volumes + recipe.val_volumes)
-    options = settings.train_options(
-        seed=first,
-        max_epochs=recipe.steps // recipe.steps_per_epoch,
-        steps_per_epoch=recipe.steps_per_epoch,
-        patience=None,
-        learning_rate=recipe.learning_rate,
-        foreground_share=0.5,
-        samples_per_volume=recipe.samples_per_volume,
-    )
+    options = _options(settings, recipe, seed=first)
     return train_refine_network(
         store,
         volumes,
@@ -268,6 +252,19 @@ def starter_volumes(settings: Settings, *, modality: Modality, seed: int, count:
         write_datastore(root, cases, labels=PHANTOM_LABELS[modality], labeled=count)
         items = [{"image": str(image_path(root, case)), "label": str(final_label_path(root, case))} for case in ids]
         return load_volumes(items, preset=settings.preset, labels=settings.labels)
+
+
+def _options(settings: Settings, recipe: StarterRecipe, *, seed: int) -> TrainOptions:
+    """The settings' training recipe at the starter's steps, learning rate and batch, no early stop."""
+    return settings.train_options(
+        seed=seed,
+        max_epochs=recipe.steps // recipe.steps_per_epoch,
+        steps_per_epoch=recipe.steps_per_epoch,
+        patience=None,
+        learning_rate=recipe.learning_rate,
+        foreground_share=0.5,
+        samples_per_volume=recipe.samples_per_volume,
+    )
 
 
 def _patch_preset(settings: Settings, recipe: StarterRecipe) -> Preset:

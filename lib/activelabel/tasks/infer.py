@@ -69,7 +69,46 @@ def segmentation_post_transforms(labels: LabelMap) -> list[Callable]:
     ]
 
 
-class SegmentationInfer(BasicInferTask):
+class PublishedModelInfer(BasicInferTask):
+    """An infer task over a :class:`ModelStore`'s published network: sliding window, label map out.
+
+    Subclasses set ``settings``, ``store`` and ``_loaded`` (device -> :class:`PublishedModel`)
+    before calling ``BasicInferTask.__init__``; the result JSON names the model version.
+    """
+
+    settings: Settings
+    store: ModelStore
+    _loaded: dict[str, PublishedModel]
+
+    def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
+        return self.settings.inferer()
+
+    def inverse_transforms(self, data: dict[str, Any] | None = None) -> None:
+        return None
+
+    def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        return segmentation_post_transforms(self.settings.labels)
+
+    def _get_network(self, device: str, data: dict[str, Any] | None) -> nn.Module:
+        """The published network, reloaded when the checkpoint file changes."""
+        published = self._loaded.setdefault(device, PublishedModel(self.store, device=device))
+        network, info = published.get()
+        if data is not None:
+            data["model_version"] = info.version
+        return network
+
+    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
+        label, result = super().writer(data, extension=extension, dtype=dtype)
+        result = dict(result or {})
+        result["model_version"] = data.get("model_version")
+        return label, result
+
+    def clear(self) -> None:
+        self._loaded.clear()
+        super().clear()
+
+
+class SegmentationInfer(PublishedModelInfer):
     """Sliding-window UNet segmentation returning a label map on the input's voxel grid.
 
     The pre-processing (RAS, preset spacing, intensity) is inverted on the label map with
@@ -122,29 +161,6 @@ class SegmentationInfer(BasicInferTask):
         # MONAI's Spacingd treats every "image_*" key as image metadata and fails on the
         # "image_path" string MONAI Label adds; the writer takes its extension from config.
         return [DeleteItemsd(keys="image_path"), *self._pre.transforms]
-
-    def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
-        return self.settings.inferer()
-
-    def inverse_transforms(self, data: dict[str, Any] | None = None) -> None:
-        return None
-
-    def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
-        return segmentation_post_transforms(self.settings.labels)
-
-    def _get_network(self, device: str, data: dict[str, Any] | None) -> nn.Module:
-        """The published network, reloaded when the checkpoint file changes."""
-        published = self._loaded.setdefault(device, PublishedModel(self.store, device=device))
-        network, info = published.get()
-        if data is not None:
-            data["model_version"] = info.version
-        return network
-
-    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
-        label, result = super().writer(data, extension=extension, dtype=dtype)
-        result = dict(result or {})
-        result["model_version"] = data.get("model_version")
-        return label, result
 
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
         served = self._from_cache(request)
@@ -227,7 +243,3 @@ class SegmentationInfer(BasicInferTask):
             quality = score.uncertainty.agreement
         decision = triage_decision(quality, info.calibration)
         return {"quality": quality, **decision.to_dict()}
-
-    def clear(self) -> None:
-        self._loaded.clear()
-        super().clear()

@@ -18,12 +18,9 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.inferers import Inferer
 from monai.transforms import DeleteItemsd, MapTransform
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.tasks.infer.basic_infer import BasicInferTask
 from scipy import ndimage
-from torch import nn
 
 from activelabel.config import Settings
 from activelabel.fsutil import atomic_write
@@ -42,7 +39,7 @@ from activelabel.ml.interaction import (
 from activelabel.ml.networks import build_network
 from activelabel.ml.transforms import load_transforms
 from activelabel.store.validation import InputRejected
-from activelabel.tasks.infer import segmentation_post_transforms
+from activelabel.tasks.infer import PublishedModelInfer
 from activelabel.workers.compute import ComputePool
 
 
@@ -104,7 +101,7 @@ class ClickGuidanced(MapTransform):
         return d
 
 
-class RefineInfer(BasicInferTask):
+class RefineInfer(PublishedModelInfer):
     """The refinement network over the image, the current mask and the clicks.
 
     Args:
@@ -144,26 +141,6 @@ class RefineInfer(BasicInferTask):
     def pre_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
         return [DeleteItemsd(keys="image_path"), *self._pre, ClickGuidanced(labels=self.settings.labels)]
 
-    def inferer(self, data: dict[str, Any] | None = None) -> Inferer:
-        return self.settings.inferer()
-
-    def inverse_transforms(self, data: dict[str, Any] | None = None) -> None:
-        return None
-
-    def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
-        return segmentation_post_transforms(self.settings.labels)
-
-    def _get_network(self, device: str, data: dict[str, Any] | None) -> nn.Module:
-        published = self._loaded.setdefault(device, PublishedModel(self.store, device=device))
-        network, info = published.get()
-        if data is not None:
-            data["model_version"] = info.version
-        return network
-
-    def writer(self, data: dict[str, Any], extension: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
-        label, result = super().writer(data, extension=extension, dtype=dtype)
-        return label, {**(result or {}), "model_version": data.get("model_version")}
-
     def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict[str, Any]]:
         info = self.store.info()
         if info is None or not info.trained:
@@ -185,10 +162,6 @@ class RefineInfer(BasicInferTask):
             label, result = self.compute.run(compute, request, callbacks)
         keep_mask_away_from_clicks(request["label"], label, clicks, spacing=self.settings.preset.spacing)
         return label, result
-
-    def clear(self) -> None:
-        self._loaded.clear()
-        super().clear()
 
 
 def keep_mask_away_from_clicks(
