@@ -27,7 +27,7 @@ from activelabel.workers.protocol import STOCK_MODULE
 from tests.conftest import ServerFactory
 
 TASK_TIMEOUT = 300.0
-FORKED = "activelabel task worker: running the task in forked process"
+FORKED = "activelabel task worker: forked process"
 LONG_TRAINING = {"max_epochs": 200}
 
 
@@ -136,6 +136,7 @@ def test_scoring_and_training_run_forked_with_their_log_in_the_task_details(serv
         assert task["status"] == "DONE", task
         details = "\n".join(task["details"])
         assert FORKED in details
+        assert "exited with code 0" in details
         assert line in details
     assert _worker(server) is not None
 

@@ -118,9 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PREFIX} unavailable ({reason}); running the task in a fresh process", flush=True)
         run_stock(app_args)
         return 1  # not reached: execv replaces this process
-    print(f"{PREFIX} running the task in forked process {pid}", flush=True)
+    print(f"{PREFIX} forked process {pid} runs the task", flush=True)
     with sock:
-        return wait_for_exit(sock)
+        code = wait_for_exit(sock)
+    # MONAI Label keeps only a task's last lines in its details: say again who ran it.
+    print(f"{PREFIX} forked process {pid} exited with code {code}", flush=True)
+    return code
 
 
 if __name__ == "__main__":
