@@ -245,6 +245,12 @@ KEYS: dict[str, Key] = {
         "auto (on with a users file, off on loopback), on, or off (no access control on any address)",
     ),
     "max_upload_mb": Key("2048", _positive_int, "largest request body in MiB; larger uploads get 413"),
+    "upload_stall_seconds": Key(
+        "30", _positive_float, "a request body that sends nothing for this long, or is slower on average, gets 408"
+    ),
+    "upload_min_kib_s": Key(
+        "16", _non_negative_float, "slowest average upload rate in KiB/s accepted once upload_stall_seconds have passed"
+    ),
     "pacs_user": Key(None, str, "DICOMweb user name of the PACS (studies given as a URL)"),
     "pacs_password": Key(None, str, "DICOMweb password of the PACS (prefer the ACTIVELABEL_PACS_PASSWORD variable)"),
     "pacs_modalities": Key("CT,MR", _modalities, "series modalities listed as images from the PACS"),

@@ -7,13 +7,17 @@ module only reads requests and writes the 4xx answers:
 * 401 (with ``WWW-Authenticate``) without valid credentials, 403 when the role is too low;
 * 400 for ids, tags, paths or upload file names that could leave the datastore;
 * 413 for a body larger than ``max_upload_mb``: at once from ``Content-Length``, and by
-  counting the bytes of a streamed body.
+  counting the bytes of a streamed body;
+* 408 for a body that stalls (nothing for ``upload_stall_seconds``) or trickles (slower on
+  average than ``upload_min_kib_s`` once ``upload_stall_seconds`` have passed), so slow
+  clients cannot hold the server's connections and upload buffers for ever.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -75,6 +79,7 @@ class _BodyState:
     """What one request's body did so far."""
 
     received: int = 0
+    started_at: float = 0.0
     complete: bool = False
     rejection: InputRejected | None = None
     started: bool = False
@@ -88,12 +93,26 @@ class RequestGuard:
         app: the wrapped ASGI app.
         authenticator: checks credentials; ``None`` turns access control off.
         max_body_bytes: largest request body accepted.
+        stall_seconds: longest wait for the next part of a body; also the grace period before
+            ``min_bytes_per_second`` applies.
+        min_bytes_per_second: slowest average body rate accepted after ``stall_seconds``
+            (0 turns the rate rule off).
     """
 
-    def __init__(self, app: ASGIApp, *, authenticator: Authenticator | None, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticator: Authenticator | None,
+        max_body_bytes: int,
+        stall_seconds: float = 30.0,
+        min_bytes_per_second: float = 16 * 1024,
+    ) -> None:
         self.app = app
         self.authenticator = authenticator
         self.max_body_bytes = max_body_bytes
+        self.stall_seconds = stall_seconds
+        self.min_bytes_per_second = min_bytes_per_second
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -147,14 +166,37 @@ class RequestGuard:
             return f"the request body is larger than the server's limit of {limit} (setting max_upload_mb)"
         return f"the request body ({size / 2**20:.1f} MiB) is larger than the server's limit of {limit} (max_upload_mb)"
 
+    def _check_rate(self, body: _BodyState) -> None:
+        """408 when a body still arriving is slower on average than allowed, once the grace period is over."""
+        elapsed = time.monotonic() - body.started_at
+        if self.min_bytes_per_second <= 0 or elapsed <= self.stall_seconds:
+            return
+        rate = body.received / elapsed
+        if rate < self.min_bytes_per_second:
+            raise InputRejected(
+                f"the request body arrives at {rate / 1024:.2f} KiB/s after {elapsed:.0f} s, slower than the "
+                f"server's limit of {self.min_bytes_per_second / 1024:g} KiB/s (setting upload_min_kib_s)",
+                status=408,
+            )
+
     async def _call_bounded(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         """Run the app with a ``receive`` that counts bytes and checks upload file names."""
         scanner = FilenameScanner(headers.get("content-type", ""))
         body = _BodyState()
 
+        body.started_at = time.monotonic()
+
         async def checked_receive() -> Message:
-            message = await receive()
-            if message["type"] != "http.request" or body.rejection is not None:
+            if body.complete or body.rejection is not None:
+                return await receive()  # after the body: e.g. waiting for the client to disconnect
+            try:
+                with anyio.fail_after(self.stall_seconds):
+                    message = await receive()
+            except TimeoutError:
+                detail = f"the request body sent nothing for {self.stall_seconds:g} s (setting upload_stall_seconds)"
+                body.rejection = InputRejected(detail, status=408)
+                raise BodyRejected(status_code=408, detail=detail) from None
+            if message["type"] != "http.request":
                 return message
             chunk = message.get("body", b"")
             body.received += len(chunk)
@@ -162,6 +204,8 @@ class RequestGuard:
             try:
                 if body.received > self.max_body_bytes:
                     raise InputRejected(self._too_large(), status=413)
+                if not body.complete:
+                    self._check_rate(body)
                 for name in scanner.feed(chunk):
                     check_upload_filename(name)
             except InputRejected as error:
@@ -246,6 +290,12 @@ def install_guard(
         logger.info("access control: on: %d users from %s", users, authenticator.users_file)
     # Inside CORS (which app.add_middleware would not do), so preflights and 4xx answers carry its headers.
     app.user_middleware.append(
-        Middleware(RequestGuard, authenticator=authenticator, max_body_bytes=int(max_mb) * 2**20)
+        Middleware(
+            RequestGuard,
+            authenticator=authenticator,
+            max_body_bytes=int(max_mb) * 2**20,
+            stall_seconds=float(setting("upload_stall_seconds", conf=conf, env=env)),
+            min_bytes_per_second=float(setting("upload_min_kib_s", conf=conf, env=env)) * 1024,
+        )
     )
     return authenticator
