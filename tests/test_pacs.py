@@ -289,3 +289,48 @@ def test_pacs_down_or_refusing_answers_503_or_502_and_recovers(
     assert back.status_code == 200, back.text
     assert back.json()["id"]
     assert pacs_server.process.poll() is None
+
+
+def test_a_final_label_saved_while_the_pacs_is_down_is_kept_unsent_and_sent_once_it_is_back(
+    pacs_server: ServerProcess,
+    loaded: OrthancConfig,
+    sample_series: dict[Modality, list[ConvertedSeries]],
+    tmp_path: Path,
+) -> None:
+    series = sample_series[Modality.CT][1]
+    client = MONAILabelClient(pacs_server.url, tmpdir=str(tmp_path), client_id="r3")
+    prediction_file, _ = client.infer("segmentation", series.series_uid, {})  # fetches and caches the series
+    prediction = sitk.GetArrayFromImage(sitk.ReadImage(prediction_file))
+    before = _segs(loaded)
+    stats = f"{pacs_server.url}/datastore/?output=stats"
+
+    stop_orthanc(loaded.data_dir)
+    answer = requests.put(
+        f"{pacs_server.url}/datastore/label",
+        params={"image": series.series_uid, "tag": "final"},
+        files={"label": ("label.nii.gz", Path(prediction_file).read_bytes())},
+        data={"params": json.dumps({"client_id": "r3"})},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    down = requests.get(stats, timeout=60).json()
+    assert down["unsent_segs"] == [series.series_uid]
+    assert "unreachable" in down["pacs_error"]
+
+    start_orthanc(loaded)
+    back = requests.get(stats, timeout=120).json()
+    assert back["unsent_segs"] == []
+    [seg_uid] = sorted(set(_segs(loaded)) - set(before))
+    pacs = _client(loaded)
+    [record] = [r for r in pacs.search_series(Modality="SEG") if r.series_uid == seg_uid]
+    [seg] = pacs.retrieve_series(record.study_uid, seg_uid)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.folder.iterdir())]
+    assert np.array_equal(seg_to_labelmap(seg, SeriesGeometry.from_datasets(sources), CT_LABELS), prediction)
+    label = requests.get(
+        f"{pacs_server.url}/datastore/label", params={"label": series.series_uid, "tag": "final"}, timeout=60
+    )
+    assert label.status_code == 200, label.text
+    stored = tmp_path / "stored.nii.gz"
+    stored.write_bytes(label.content)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(stored))), prediction)

@@ -8,7 +8,10 @@ and stored to the PACS (STOW-RS) before it becomes the live label; SEGs found in
 (made here or elsewhere) are read back as label maps for training.
 
 PACS failures answer 503 (down) or 502 (refused, wrong credentials) and leave nothing
-half-stored; the server keeps running and the next request tries the PACS again.
+half-stored; the server keeps running and the next request tries the PACS again.  The one
+exception is a final label saved while the PACS is down: it is stored locally and its SEG
+waits, unsent, in an outbox (:mod:`activelabel.pacs.outbox`) until the PACS answers again, so
+a clinician's work is never refused because of the PACS.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ from activelabel.config import setting
 from activelabel.datastore.local import StoredLabel, ValidatingDatastore
 from activelabel.labelmap import NOT_ANNOTATED, LabelMap
 from activelabel.pacs.dicom_seg import SegError, SegmentOrigin, build_seg, referenced_series, seg_to_labelmap
-from activelabel.pacs.dicomweb import PacsClient, PacsError, SeriesRecord
+from activelabel.pacs.dicomweb import PacsClient, PacsError, PacsUnavailable, SeriesRecord
 from activelabel.pacs.geometry import GeometryMismatch, SeriesGeometry
+from activelabel.pacs.outbox import SegOutbox
 from activelabel.store.label_versions import (
     FINAL_TAG,
     ORIGINAL_TAG,
@@ -49,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 SEG_MODALITY = "SEG"
 DICOM_DIR = "dicom"
+OUTBOX_DIR = "unsent-segs"
 SEG_INFO_KEY = "seg_series_uid"
 
 
@@ -105,6 +110,7 @@ class PacsDatastore(ValidatingDatastore):
         self._listed: tuple[float, dict[str, SeriesRecord]] | None = None
         self._seg_refs: dict[str, str] = {}  # SEG series -> referenced image series (immutable)
         self._listing_lock = threading.Lock()
+        self.outbox = SegOutbox(cache_dir / OUTBOX_DIR)
         cache_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(str(cache_dir), labels=labels, versions=versions, extensions=("*.nii.gz", "*.nii"), **kwargs)
 
@@ -118,6 +124,7 @@ class PacsDatastore(ValidatingDatastore):
         with self._listing_lock:
             now = time.monotonic()
             if self._listed is None or now - self._listed[0] > self._list_seconds:
+                self.outbox.send(self._client.store)  # first, so the listing has them
                 records: dict[str, SeriesRecord] = {}
                 for modality in (*self._modalities, SEG_MODALITY):
                     for record in self._client.search_series(Modality=modality):
@@ -170,10 +177,15 @@ class PacsDatastore(ValidatingDatastore):
     def status(self) -> dict[str, Any]:
         """Counts over the PACS' series, or its failure (so that ``/info/`` answers while the PACS is down)."""
         try:
-            total, completed = len(self.list_images()), self.labeled_count()
+            total, completed = len(self.list_images()), self.labeled_count()  # sends unsent SEGs first
         except HTTPException as error:
-            return {"total": None, "completed": None, "label_tags": {}, "pacs_error": error.detail}
-        return {**super().status(), "total": total, "completed": completed}
+            failed = {"total": None, "completed": None, "label_tags": {}, "pacs_error": error.detail}
+            return {**failed, "unsent_segs": self.unsent_images()}
+        return {**super().status(), "total": total, "completed": completed, "unsent_segs": self.unsent_images()}
+
+    def unsent_images(self) -> list[str]:
+        """Images whose final label's SEG waits for the PACS (saved while it was down)."""
+        return sorted({seg.image_id for seg in self.outbox.pending()})
 
     def json(self) -> dict[str, Any]:
         """The cached datastore plus every PACS series not fetched yet (``GET /datastore/?output=all``)."""
@@ -265,6 +277,8 @@ class PacsDatastore(ValidatingDatastore):
             _, segs = self._series()
             for image_id, records in sorted(segs.items()):
                 newest = records[-1]
+                if self.outbox.has(image_id):  # the live label is newer than anything in the PACS
+                    continue
                 live = self._datastore.objects.get(image_id)
                 label = live.labels.get(FINAL_TAG) if live else None
                 if label is not None and label.info.get(SEG_INFO_KEY) == newest.series_uid:
@@ -357,8 +371,22 @@ class PacsDatastore(ValidatingDatastore):
             )
         except (GeometryMismatch, SegError) as error:
             raise InputRejected(f"the label cannot be stored as a DICOM SEG of its series: {error}") from None
-        with pacs_http():
+        try:
+            self.outbox.send(self._client.store)  # the older ones first: the PACS keeps the order
             self._client.store([seg])
+        except PacsUnavailable as error:
+            self.outbox.put(image_id, seg)
+            logger.warning(
+                "the PACS is unreachable (%s): the final label of %s is stored locally and its SEG %s is kept "
+                "unsent until the PACS answers",
+                error,
+                image_id,
+                seg.SeriesInstanceUID,
+            )
+            return str(seg.SeriesInstanceUID)
+        except PacsError as error:
+            logger.warning("%s", error)
+            raise HTTPException(status_code=error.status, detail=str(error)) from None
         self.invalidate()
         logger.info("stored SEG %s (%s) for %s", seg.SeriesInstanceUID, origin.value, image_id)
         return str(seg.SeriesInstanceUID)
