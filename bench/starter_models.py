@@ -41,7 +41,7 @@ from activelabel.data.starter_model import (
 from activelabel.fsutil import atomic_write, atomic_write_json
 from activelabel.ml.checkpoints import ModelStore, compact_state
 from activelabel.ml.inference import load_model, predict_probabilities
-from activelabel.ml.interaction import REFINE_MODEL, click_curve, refine_probabilities
+from activelabel.ml.interaction import LOCAL_RADIUS, REFINE_MODEL, click_curve, merge_near_clicks, refine_probabilities
 from activelabel.ml.metrics import dice_per_label, mean_dice
 from activelabel.ml.training import load_volumes
 
@@ -59,24 +59,27 @@ def train_shipped(modality: str, *, steps: int, refine_steps: int, conf: dict[st
     """Train the starters on fresh phantoms (or take ``project``'s) and write them as the shipped files.
 
     The segmentation network is trained unless ``project`` has one; the refinement network
-    unless ``project`` has a trained one; both are
-    written compactly (int8 weights, :func:`~activelabel.ml.checkpoints.compact_state`).
+    unless ``project`` has a trained one; what was trained here is written as the shipped file,
+    compactly (int8 weights, :func:`~activelabel.ml.checkpoints.compact_state`).
     """
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="starter-train-") as scratch:
         recipe = StarterRecipe(**{**SHIPPED_RECIPE.__dict__, "steps": steps})
+        trained: list[str] = []
         if project is None:
             project = Path(scratch) / "sample"
             generate_datastore(project, modality=modality, count=12, seed=0)
             with _bar(f"training the {modality} starter", recipe.steps) as on_epoch:
                 train_starter_model(project, modality=modality, recipe=recipe, conf=conf, on_epoch=on_epoch)
+            trained.append("segmentation")
         model_dir = starter_settings(project, conf=conf).model_dir
         refine_info = ModelStore(model_dir, name=REFINE_MODEL).info()
         if refine_info is None or not refine_info.trained:
             refine_recipe = StarterRecipe(**{**recipe.__dict__, "steps": refine_steps})
             with _bar(f"training the {modality} refine starter", refine_steps) as on_epoch:
                 train_starter_refine(project, modality=modality, recipe=refine_recipe, conf=conf, on_epoch=on_epoch)
-        for name in ("segmentation", REFINE_MODEL):
+            trained.append(REFINE_MODEL)
+        for name in trained:  # a project's network taken as it is ships as it was (no second quantization)
             network, info = load_model(ModelStore(model_dir, name=name))
             STARTERS.mkdir(parents=True, exist_ok=True)
             payload = {**compact_state(network.state_dict()), "activelabel": info.to_dict()}
@@ -110,26 +113,34 @@ def measure_shipped(modality: str, *, count: int, conf: dict[str, str]) -> dict[
         volumes = load_volumes(items, preset=settings.preset, labels=settings.labels)
         channels = {name: index for index, name in settings.labels.channel_names().items()}
         inferer = settings.inferer()
-        per_volume, curves = [], []
+        per_volume: list[dict[str, float]] = []
+        curves: list[list[float]] = []  # as the server's refine task answers: changed only near the clicks
+        whole_curves: list[list[float]] = []  # the network's whole redrawn mask
         for volume in tqdm(volumes, desc="pre-segmenting the sample volumes (and clicks)", unit="volume"):
             truth = np.asarray(volume["label"][0]).astype(np.int64)
             image = volume["image"]
             prediction = predict_probabilities(network, image, inferer).argmax(dim=0).numpy()
             per_volume.append(dice_per_label(prediction, truth, channels))
-            if refinement is not None:
+            if refinement is None:
+                continue
+            for local, found in ((True, curves), (False, whole_curves)):
 
-                def refine(mask: np.ndarray, clicks: Any, image: Any = image) -> np.ndarray:
+                def refine(mask: np.ndarray, clicks: Any, image: Any = image, local: bool = local) -> np.ndarray:
                     probabilities = refine_probabilities(
                         refinement, image, mask, clicks, inferer=inferer, num_labels=len(channels)
                     )
-                    return probabilities.argmax(dim=0).numpy()
+                    refined = probabilities.argmax(dim=0).numpy()
+                    return merge_near_clicks(mask, refined, clicks) if local else refined
 
                 curve = click_curve(
                     segment=lambda p=prediction: p, refine=refine, truth=truth, clicks=CLICKS, channels=channels
                 )
-                curves.append([mean_dice(point.values()) for point in curve])
+                found.append([mean_dice(point.values()) for point in curve])
     means = [mean_dice(d.values()) for d in per_volume]
-    after_clicks = {str(n): float(np.mean([c[n] for c in curves])) for n in range(CLICKS + 1)} if curves else None
+
+    def by_clicks(found: list[list[float]]) -> dict[str, float] | None:
+        return {str(n): float(np.mean([c[n] for c in found])) for n in range(CLICKS + 1)} if found else None
+
     return {
         "origin": info.origin,
         "held_out_phantom_mean_dice": info.val_mean_dice,
@@ -137,7 +148,9 @@ def measure_shipped(modality: str, *, count: int, conf: dict[str, str]) -> dict[
         "sample_mean_dice": float(np.mean(means)),
         "sample_min_dice": float(np.min(means)),
         "sample_dice_per_label": {name: float(np.mean([d[name] for d in per_volume])) for name in per_volume[0]},
-        "sample_mean_dice_after_clicks": after_clicks,
+        "sample_mean_dice_after_clicks": by_clicks(curves),
+        "sample_mean_dice_after_clicks_whole_mask": by_clicks(whole_curves),
+        "local_radius": LOCAL_RADIUS,
     }
 
 
@@ -178,9 +191,11 @@ def main() -> None:
         f"(min {results['sample_min_dice']:.3f}) over {args.count} volumes; "
         f"{shipped} ({results['checkpoint_bytes'] / 1e6:.1f} MB)"
     )
-    if results["sample_mean_dice_after_clicks"]:
-        clicks = ", ".join(f"{n}: {d:.3f}" for n, d in results["sample_mean_dice_after_clicks"].items())
-        print(f"mean Dice after clicks with the shipped refine network: {clicks}")
+    for key, how in (("", f"changed within {LOCAL_RADIUS} voxels of the clicks"), ("_whole_mask", "whole mask")):
+        curve = results[f"sample_mean_dice_after_clicks{key}"]
+        if curve:
+            clicks = ", ".join(f"{n}: {d:.3f}" for n, d in curve.items())
+            print(f"mean Dice after clicks with the shipped refine network ({how}): {clicks}")
 
 
 if __name__ == "__main__":

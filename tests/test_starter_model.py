@@ -18,6 +18,7 @@ from activelabel.data.layout import truth_path
 from activelabel.data.phantoms import generate_datastore
 from activelabel.data.starter_model import StarterSource, install_starter_model, shipped_starter, starter_settings
 from activelabel.ml.checkpoints import ModelStore, compact_state, expand_state
+from activelabel.ml.interaction import largest_error_click
 from activelabel.ml.metrics import dice_per_label, mean_dice
 from activelabel.testing.server_process import ServerProcess
 from tests.conftest import ServerFactory
@@ -80,6 +81,30 @@ def test_the_first_served_volume_gets_a_useful_presegmentation_without_any_train
     assert mean_dice(per_label.values()) >= 0.8, per_label
     after = requests.get(f"{sample_server.url}/info/", timeout=30).json()["activelabel"]["model"]
     assert after["version"] == 1, "serving the sample must not have trained anything"
+
+
+def test_a_click_on_the_first_served_volume_is_refined_without_any_training(
+    sample: Path, sample_server: ServerProcess, tmp_path: Path
+) -> None:
+    info = requests.get(f"{sample_server.url}/info/", timeout=30).json()["activelabel"]["refine_model"]
+    assert info["version"] == 1
+    assert "ct-refine.pt" in info["origin"]
+    client = MONAILabelClient(sample_server.url, tmpdir=str(tmp_path), client_id="clicks")
+    image_id = "ct_001"
+    label_file, _ = client.infer("segmentation", image_id, {})
+    mask = np.asarray(nib.load(label_file).dataobj).astype(np.int64)
+    truth = np.asarray(nib.load(truth_path(sample, image_id)).dataobj).astype(np.int64)
+    click = largest_error_click(mask, truth)
+    assert click is not None
+    names = {0: "background", 1: "liver", 2: "spleen", 3: "kidney_right", 4: "kidney_left"}
+    refined_file, _ = client.infer("refine", image_id, {names[click.channel]: [list(click.point)]}, label_in=label_file)
+    refined = np.asarray(nib.load(refined_file).dataobj).astype(np.int64)
+    assert refined.shape == mask.shape
+    channels = {"liver": 1, "spleen": 2, "kidney_right": 3, "kidney_left": 4}
+    before = mean_dice(dice_per_label(mask, truth, channels).values())
+    after = mean_dice(dice_per_label(refined, truth, channels).values())
+    assert after >= before - 0.005, (before, after)
+    assert not np.array_equal(refined, mask), "the click changed nothing"
 
 
 def test_generating_again_keeps_the_model_and_no_model_leaves_version_0(tmp_path: Path, sample: Path) -> None:
