@@ -107,6 +107,22 @@ def _segs(pacs: OrthancConfig) -> list[str]:
     return sorted(r.series_uid for r in _client(pacs).search_series(Modality="SEG"))
 
 
+def _put_final_label(server: ServerProcess, image: str, label: Path, *, client_id: str) -> requests.Response:
+    """A clinician's final label for ``image``, as the Slicer module submits it."""
+    return requests.put(
+        f"{server.url}/datastore/label",
+        params={"image": image, "tag": "final"},
+        files={"label": (label.name, label.read_bytes())},
+        data={"params": json.dumps({"client_id": client_id})},
+        timeout=120,
+    )
+
+
+def _source_headers(series: ConvertedSeries) -> list[pydicom.Dataset]:
+    """The series' DICOM instances as written, without pixel data."""
+    return [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.folder.iterdir())]
+
+
 def test_orthanc_config_is_loopback_only_with_auth_and_dicomweb(tmp_path: Path) -> None:
     config = OrthancConfig(tmp_path, port=18042, user="u", password="p")
     document = config_document(config, plugin=Path("/plugin.so"))
@@ -195,13 +211,7 @@ def test_prediction_becomes_a_seg_that_reads_back_voxel_for_voxel(
     prediction_file, params = client.infer("segmentation", series.series_uid, {"save_label": True})
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(prediction_file))
     before = _segs(loaded)
-    answer = requests.put(
-        f"{pacs_server.url}/datastore/label",
-        params={"image": series.series_uid, "tag": "final"},
-        files={"label": ("label.nii.gz", Path(prediction_file).read_bytes())},
-        data={"params": json.dumps({"client_id": "r1"})},
-        timeout=120,
-    )
+    answer = _put_final_label(pacs_server, series.series_uid, Path(prediction_file), client_id="r1")
     assert answer.status_code == 200, answer.text
     assert answer.json()["submission"]["agreement"] == pytest.approx(1.0)
     [seg_uid] = sorted(set(_segs(loaded)) - set(before))
@@ -218,7 +228,7 @@ def test_prediction_becomes_a_seg_that_reads_back_voxel_for_voxel(
     assert algorithm.AlgorithmName == "ActiveLabel segmentation"
     assert algorithm.AlgorithmVersion == f"model {params['model_version']}"
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.folder.iterdir())]
+    sources = _source_headers(series)
     source_uids = {str(ds.SOPInstanceUID) for ds in sources}
     for frame in seg.PerFrameFunctionalGroupsSequence:
         assert frame.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID in source_uids
@@ -305,13 +315,7 @@ def test_a_final_label_saved_while_the_pacs_is_down_is_kept_unsent_and_sent_once
     stats = f"{pacs_server.url}/datastore/?output=stats"
 
     stop_orthanc(loaded.data_dir)
-    answer = requests.put(
-        f"{pacs_server.url}/datastore/label",
-        params={"image": series.series_uid, "tag": "final"},
-        files={"label": ("label.nii.gz", Path(prediction_file).read_bytes())},
-        data={"params": json.dumps({"client_id": "r3"})},
-        timeout=120,
-    )
+    answer = _put_final_label(pacs_server, series.series_uid, Path(prediction_file), client_id="r3")
     assert answer.status_code == 200, answer.text
     down = requests.get(stats, timeout=60).json()
     assert down["unsent_segs"] == [series.series_uid]
@@ -325,8 +329,8 @@ def test_a_final_label_saved_while_the_pacs_is_down_is_kept_unsent_and_sent_once
     [record] = [r for r in pacs.search_series(Modality="SEG") if r.series_uid == seg_uid]
     [seg] = pacs.retrieve_series(record.study_uid, seg_uid)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(series.folder.iterdir())]
-    assert np.array_equal(seg_to_labelmap(seg, SeriesGeometry.from_datasets(sources), CT_LABELS), prediction)
+    read_back = seg_to_labelmap(seg, SeriesGeometry.from_datasets(_source_headers(series)), CT_LABELS)
+    assert np.array_equal(read_back, prediction)
     label = requests.get(
         f"{pacs_server.url}/datastore/label", params={"label": series.series_uid, "tag": "final"}, timeout=60
     )
