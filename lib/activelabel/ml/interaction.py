@@ -247,12 +247,18 @@ LOCAL_RADIUS = 5
 
 
 def merge_near_clicks(
-    mask: np.ndarray, refined: np.ndarray, clicks: Clicks, *, radius: float = LOCAL_RADIUS
+    mask: np.ndarray,
+    refined: np.ndarray,
+    clicks: Clicks,
+    *,
+    radius: float = LOCAL_RADIUS,
+    sampling: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """``refined`` within ``radius`` voxels of a click, ``mask`` elsewhere: a click changes only its neighbourhood.
+    """``refined`` within ``radius`` of a click, ``mask`` elsewhere: a click changes only its neighbourhood.
 
-    Without it the network also redraws boundaries far from any click, which on the
-    hippocampus lost more than the clicks gained (``bench/refine_hippocampus.py``).
+    ``radius`` is in voxels, or in the units of ``sampling`` (the voxel size per axis, e.g.
+    mm) when given.  Without it the network also redraws boundaries far from any click,
+    which on the hippocampus lost more than the clicks gained (``bench/refine_hippocampus.py``).
     """
     points = [p for ps in clicks.by_channel.values() for p in ps]
     if not points or radius <= 0:
@@ -260,7 +266,7 @@ def merge_near_clicks(
     seeds = np.ones(mask.shape, dtype=bool)
     for point in points:
         seeds[point] = False
-    near = ndimage.distance_transform_edt(seeds) <= radius
+    near = ndimage.distance_transform_edt(seeds, sampling=sampling) <= radius
     return np.where(near, refined, mask)
 
 

@@ -20,7 +20,6 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import DeleteItemsd, MapTransform
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from scipy import ndimage
 
 from activelabel.config import Settings
 from activelabel.fsutil import atomic_write
@@ -32,6 +31,7 @@ from activelabel.ml.interaction import (
     LOCAL_RADIUS,
     Click,
     Clicks,
+    merge_near_clicks,
     points_to_model_grid,
     refine_inputs,
     refine_spec,
@@ -170,23 +170,23 @@ def keep_mask_away_from_clicks(
     """Rewrite ``refined_file`` (in place, atomically) to the current mask beyond :data:`LOCAL_RADIUS` of every click.
 
     Both files are on the image's grid; the radius is in model-grid voxels (the preset
-    spacing, in mm), as :func:`activelabel.ml.interaction.merge_near_clicks` applies it in
-    the benchmark.
+    spacing, in mm), measured in mm on the image's grid by
+    :func:`activelabel.ml.interaction.merge_near_clicks`, the merge the benchmarks apply.
     """
     refined_image = nib.load(refined_file)
     refined = np.asarray(refined_image.dataobj)
     mask = np.asarray(nib.load(mask_file).dataobj).reshape(refined.shape)
-    seeds = np.ones(refined.shape, dtype=bool)
-    for points in clicks.values():
-        for point in points:
-            index = tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(point, refined.shape, strict=True))
-            seeds[index] = False
-    if seeds.all():
+    on_grid = [
+        tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(point, refined.shape, strict=True))
+        for points in clicks.values()
+        for point in points
+    ]
+    if not on_grid:
         return
-    voxel = np.asarray(refined_image.header.get_zooms()[:3], dtype=float)
-    radius_mm = LOCAL_RADIUS * (min(spacing) if spacing else float(voxel.min()))
-    near = ndimage.distance_transform_edt(seeds, sampling=voxel) <= radius_mm
-    merged = np.where(near, refined, mask).astype(refined.dtype)
+    voxel = [float(v) for v in refined_image.header.get_zooms()[:3]]
+    radius_mm = LOCAL_RADIUS * (min(spacing) if spacing else min(voxel))
+    merged = merge_near_clicks(mask, refined, Clicks(by_channel={0: on_grid}), radius=radius_mm, sampling=voxel)
+    merged = merged.astype(refined.dtype)
     out = nib.Nifti1Image(merged, refined_image.affine, refined_image.header)
     suffix = ".nii.gz" if str(refined_file).endswith(".nii.gz") else Path(refined_file).suffix
     atomic_write(Path(refined_file), lambda tmp: nib.save(out, str(tmp)), suffix=suffix)
