@@ -13,9 +13,11 @@ import torch
 from monailabel.client import MONAILabelClient
 
 from activelabel.data.layout import truth_path
-from activelabel.labelmap import LabelMap
+from activelabel.labelmap import NOT_ANNOTATED, LabelMap
+from activelabel.ml.inference import sliding_window
 from activelabel.ml.interaction import (
     BACKGROUND,
+    FOCUS_RADIUS,
     Click,
     Clicks,
     SimulatedInteraction,
@@ -24,8 +26,9 @@ from activelabel.ml.interaction import (
     points_to_model_grid,
     refine_inputs,
     refine_spec,
+    with_model_masks,
 )
-from activelabel.ml.networks import NetworkSpec
+from activelabel.ml.networks import NetworkSpec, build_network
 from activelabel.store.validation import InputRejected
 from activelabel.tasks.refine import parse_clicks
 from activelabel.testing.server_process import ServerProcess
@@ -106,13 +109,51 @@ def test_simulated_interaction_gives_the_refinement_input_and_clicks_of_the_trut
     for _ in range(20):
         patch = interaction({"image": torch.randn(1, 24, 24, 24), "label": torch.as_tensor(truth)})
         assert patch["image"].shape == (6, 24, 24, 24)
-        assert torch.equal(torch.as_tensor(patch["label"]), torch.as_tensor(truth))
+        peaks = []
         for channel, guidance in zip((1, 2, 0), patch["image"][3:], strict=True):
-            peaks = np.argwhere(guidance.numpy() == 1.0)
+            found = np.argwhere(guidance.numpy() == 1.0)
             # A click of channel c sits on a voxel whose truth is c.
-            assert all(truth[0][tuple(p)] == channel for p in peaks)
-            clicked += len(peaks)
+            assert all(truth[0][tuple(p)] == channel for p in found)
+            peaks += [tuple(p) for p in found]
+        clicked += len(peaks)
+        target = torch.as_tensor(patch["label"]).numpy()[0]
+        counted = target != NOT_ANNOTATED
+        assert np.array_equal(target[counted], truth[0][counted])
+        if not peaks:
+            assert counted.all(), "a patch without clicks keeps its whole truth"
+            continue
+        # With clicks the loss counts only within FOCUS_RADIUS of them.
+        grid = np.indices(target.shape).reshape(3, -1).T
+        distance = np.min([np.linalg.norm(grid - np.asarray(p), axis=1) for p in peaks], axis=0).reshape(target.shape)
+        assert np.array_equal(counted, distance <= FOCUS_RADIUS)
     assert clicked > 0
+
+
+def test_training_masks_are_the_segmentation_models_own_answers_and_the_label_returns_to_the_truth() -> None:
+    truth = np.zeros((1, 24, 24, 24), dtype=np.int64)
+    truth[0][_cube((24, 24, 24), 6, 14)] = 1
+    network = build_network(NetworkSpec(out_channels=3, channels=(8, 16, 32), strides=(2, 2), dropout=0.5))
+    volume = {"image": torch.randn(1, 24, 24, 24), "label": torch.as_tensor(truth)}
+    inferer = sliding_window((16, 16, 16), overlap=0.25)
+    (stacked,) = with_model_masks([volume], network, inferer=inferer, samples=2)
+    label = torch.as_tensor(stacked["label"])
+    assert label.shape == (3, 24, 24, 24)
+    assert torch.equal(label[0], torch.as_tensor(truth[0]))
+    assert not torch.equal(label[1], label[2]), "MC-dropout samples should differ"
+    interaction = SimulatedInteraction(num_labels=2, max_clicks=0, model_mask_share=1.0, seed=0)
+    patch = interaction(stacked)
+    assert torch.equal(torch.as_tensor(patch["label"]), torch.as_tensor(truth))
+    one_hot = patch["image"][1:3].numpy()
+    masks = [(label[k].numpy() == c) for k in (1, 2) for c in (1, 2)]
+    # No clicks asked for: the mask channels are exactly one of the model's two answers.
+    assert np.array_equal(one_hot, np.stack(masks[:2])) or np.array_equal(one_hot, np.stack(masks[2:]))
+
+
+def test_a_model_mask_share_outside_0_to_1_or_a_focus_radius_that_is_not_positive_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"model_mask_share must be in \[0, 1\], got 1.5"):
+        SimulatedInteraction(num_labels=2, model_mask_share=1.5)
+    with pytest.raises(ValueError, match="focus_radius must be positive or None, got 0"):
+        SimulatedInteraction(num_labels=2, focus_radius=0)
 
 
 @pytest.mark.parametrize(

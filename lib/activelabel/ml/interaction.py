@@ -10,9 +10,12 @@ It outputs the corrected mask as ``L + 1`` channel scores, like the segmentation
 Clicks are simulated as evaluation protocols for interactive segmentation do: at the voxel
 deepest inside the largest connected error region (a region where mask and truth disagree
 and the truth has one value), with the truth's value there as the click's class.  Training
-corrupts the truth into a plausible wrong mask (eroded, dilated, missing or swapped blobs)
-and places a few such clicks on its errors, so the network learns to trust the mask away
-from the clicks and to fix it around them.
+starts from a wrong mask and places a few such clicks on its errors, so the network learns
+to trust the mask away from the clicks and to fix it around them.  The wrong mask is, half
+of the time, the segmentation model's own answer (an MC-dropout sample,
+:func:`with_model_masks`): its errors are the ones the image alone does not resolve, which
+is where a clinician clicks.  Otherwise it is the truth corrupted (eroded, dilated, missing
+or swapped blobs).  DeepEdit gets the same effect by running the network during training.
 
 Arrays are indexed ``[x, y, z]`` on the model grid; masks and truths hold channel indices
 (0 background, 1..L the labels in :meth:`activelabel.labelmap.LabelMap.channel_names` order).
@@ -20,6 +23,7 @@ Arrays are indexed ``[x, y, z]`` on the model grid; masks and truths hold channe
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,19 +33,29 @@ import torch
 from monai.apps.deepedit.transforms import AddGuidanceSignalDeepEditd
 from scipy import ndimage
 
-from activelabel.labelmap import LabelMap
+from activelabel.labelmap import NOT_ANNOTATED, LabelMap
 from activelabel.ml.checkpoints import ModelInfo, ModelStore
 from activelabel.ml.inference import load_model, predict_probabilities
 from activelabel.ml.metrics import dice_per_label
-from activelabel.ml.networks import NetworkSpec
+from activelabel.ml.networks import NetworkSpec, dropout_layers, mc_dropout
 from activelabel.ml.training import TrainOptions, train_network
 from activelabel.ml.transforms import Preset
+
+MODEL_MASKS = 2
+"""MC-dropout masks of the segmentation network per labeled volume that training clicks on."""
 
 REFINE_MODEL = "refine"
 """Name of the refinement network's infer task and checkpoint."""
 
 BACKGROUND = "background"
 """The click key of negative clicks (DeepEdit's name for the background label)."""
+
+LOCAL_RADIUS = 5
+"""Voxels around each click within which the refinement network's answer replaces the mask."""
+
+FOCUS_RADIUS = LOCAL_RADIUS + 3
+"""Voxels around the clicks of a training patch within which its loss counts (a margin beyond
+:data:`LOCAL_RADIUS`, since only that neighbourhood of the answer is ever used)."""
 
 GUIDANCE_SIGMA = 2
 """Standard deviation in model-grid voxels of each click's Gaussian."""
@@ -203,28 +217,88 @@ def simulated_clicks(
 class SimulatedInteraction:
     """A training patch transform: image and truth in, the refinement input and the truth out.
 
+    The patch's ``label`` is ``[1 + K, x, y, z]``: the truth, then ``K >= 0`` masks of the
+    segmentation model (:func:`with_model_masks`; they ride in the label so that patch
+    sampling and augmentation move them with it).  The network is given back the truth alone.
+
     Args:
         num_labels: foreground labels ``L``.
         max_clicks: clicks per patch are drawn from ``0..max_clicks``.
+        model_mask_share: share of patches (when the label carries model masks) whose wrong
+            mask is one of them, drawn at random; the others get :func:`corrupt_mask`.
+        focus_radius: in a patch with clicks, the truth beyond this many voxels of every click
+            becomes :data:`~activelabel.labelmap.NOT_ANNOTATED`, so the loss counts only where
+            the answer is used (:func:`merge_near_clicks`); ``None`` keeps the whole patch.
         seed: seed of the corruption and click draws.
     """
 
-    def __init__(self, *, num_labels: int, max_clicks: int = 5, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        num_labels: int,
+        max_clicks: int = 5,
+        model_mask_share: float = 0.5,
+        focus_radius: float | None = FOCUS_RADIUS,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= model_mask_share <= 1.0:
+            raise ValueError(f"model_mask_share must be in [0, 1], got {model_mask_share}")
+        if focus_radius is not None and focus_radius <= 0:
+            raise ValueError(f"focus_radius must be positive or None, got {focus_radius}")
         self.num_labels = num_labels
         self.max_clicks = max_clicks
+        self.model_mask_share = model_mask_share
+        self.focus_radius = focus_radius
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, patch: Mapping[str, Any]) -> dict[str, Any]:
         image = torch.as_tensor(patch["image"])
         label = torch.as_tensor(patch["label"])
-        truth = label[0].detach().cpu().numpy().astype(np.int64)
-        annotated = np.where(truth > self.num_labels, 0, truth)  # unannotated voxels: no clicks, no mask
-        mask = corrupt_mask(annotated, self.rng, num_labels=self.num_labels)
+        channels = label.detach().cpu().numpy().astype(np.int64)
+        truth = channels[0]
+        unannotated = truth > self.num_labels
+        annotated = np.where(unannotated, 0, truth)  # unannotated voxels: no clicks, no mask
+        if len(channels) > 1 and self.rng.random() < self.model_mask_share:
+            mask = np.where(unannotated, 0, channels[int(self.rng.integers(1, len(channels)))])
+        else:
+            mask = corrupt_mask(annotated, self.rng, num_labels=self.num_labels)
         clicks, current = simulated_clicks(
             mask, annotated, self.rng, count=int(self.rng.integers(0, self.max_clicks + 1))
         )
         inputs = refine_inputs(image, current, clicks, num_labels=self.num_labels)
-        return {**patch, "image": inputs, "label": label}
+        target = label[:1]
+        if self.focus_radius is not None and clicks.count:
+            far = ~near_clicks(clicks, truth.shape, radius=self.focus_radius)
+            target = target.clone()
+            target[0][torch.as_tensor(far)] = NOT_ANNOTATED
+        return {**patch, "image": inputs, "label": target}
+
+
+@torch.no_grad()
+def with_model_masks(
+    volumes: Sequence[Mapping[str, Any]], network: torch.nn.Module, *, inferer: Any, samples: int = 2
+) -> list[dict[str, Any]]:
+    """The volumes with ``samples`` MC-dropout masks of the segmentation ``network`` stacked under the truth.
+
+    Each label becomes ``[1 + samples, x, y, z]`` (channel indices); a network without
+    dropout gives ``samples`` equal deterministic masks.  These are the model's real
+    mistakes for :class:`SimulatedInteraction` to click on.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    device = next(network.parameters()).device
+    stacked = []
+    network.eval()
+    with mc_dropout(network) if dropout_layers(network) else contextlib.nullcontext():
+        for volume in volumes:
+            image = torch.as_tensor(volume["image"])
+            label = torch.as_tensor(volume["label"])
+            masks = []
+            for _ in range(samples):
+                logits = inferer(image.unsqueeze(0).to(device), network)
+                masks.append(torch.as_tensor(logits)[0].argmax(dim=0).cpu().to(label.dtype))
+            stacked.append({**volume, "label": torch.cat([label[:1], torch.stack(masks)], dim=0)})
+    return stacked
 
 
 @torch.no_grad()
@@ -242,10 +316,6 @@ def refine_probabilities(
     return predict_probabilities(network, inputs, inferer)
 
 
-LOCAL_RADIUS = 5
-"""Voxels around each click within which the refinement network's answer replaces the mask."""
-
-
 def merge_near_clicks(
     mask: np.ndarray,
     refined: np.ndarray,
@@ -260,14 +330,20 @@ def merge_near_clicks(
     mm) when given.  Without it the network also redraws boundaries far from any click,
     which on the hippocampus lost more than the clicks gained (``bench/refine_hippocampus.py``).
     """
-    points = [p for ps in clicks.by_channel.values() for p in ps]
-    if not points or radius <= 0:
+    if not clicks.count or radius <= 0:
         return np.asarray(refined)
-    seeds = np.ones(mask.shape, dtype=bool)
-    for point in points:
-        seeds[point] = False
-    near = ndimage.distance_transform_edt(seeds, sampling=sampling) <= radius
-    return np.where(near, refined, mask)
+    return np.where(near_clicks(clicks, mask.shape, radius=radius, sampling=sampling), refined, mask)
+
+
+def near_clicks(
+    clicks: Clicks, shape: Sequence[int], *, radius: float, sampling: Sequence[float] | None = None
+) -> np.ndarray:
+    """Boolean map of ``shape``: within ``radius`` (voxels, or units of ``sampling``) of any click."""
+    seeds = np.ones(tuple(shape), dtype=bool)
+    for points in clicks.by_channel.values():
+        for point in points:
+            seeds[point] = False
+    return ndimage.distance_transform_edt(seeds, sampling=sampling) <= radius
 
 
 def click_curve(
@@ -321,15 +397,24 @@ def train_refine_network(
     labels: LabelMap,
     options: TrainOptions,
     device: str = "cpu",
+    segmentation: torch.nn.Module | None = None,
+    inferer: Any = None,
+    model_masks: int = MODEL_MASKS,
     max_clicks: int = 5,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> ModelInfo:
     """Warm-start the store's refinement network on pre-processed labeled volumes and publish the next version.
 
-    Every patch gets a corrupted mask and simulated clicks (:class:`SimulatedInteraction`);
-    there is no validation (its inputs would need clicks too), so ``options`` should carry
-    no patience: the run is the step cap.
+    Every patch gets a wrong mask and simulated clicks (:class:`SimulatedInteraction`): with
+    a ``segmentation`` network (and ``inferer``, its sliding window), half of the patches get
+    one of its ``model_masks`` MC-dropout answers, the others a corrupted truth.  There is no
+    validation (its inputs would need clicks too), so ``options`` should carry no patience:
+    the run is the step cap.
     """
+    if segmentation is not None and model_masks > 0:
+        if inferer is None:
+            raise ValueError("model masks need the segmentation network's inferer, got None")
+        volumes = with_model_masks(volumes, segmentation, inferer=inferer, samples=model_masks)
     network, _ = load_model(store, device=device)
     interaction = SimulatedInteraction(num_labels=len(labels.names), max_clicks=max_clicks, seed=options.seed)
     result = train_network(

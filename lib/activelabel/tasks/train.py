@@ -115,14 +115,19 @@ class SegmentationTrainer(TrainTask):
             **result.summary(),
         }
         stats["calibration"] = info.calibration
-        stats["refine"] = self._train_refine([*train_volumes, *val_volumes], seed=self.settings.seed + start.version)
+        stats["refine"] = self._train_refine(
+            [*train_volumes, *val_volumes], segmentation=network, seed=self.settings.seed + start.version
+        )
         atomic_write_json(self.stats_path, stats)
         logger.info("published model version %d (val mean Dice %s)", info.version, info.val_mean_dice)
         stats["refreshed"] = self._refresh(datastore, model_version=info.version)
         return stats
 
-    def _train_refine(self, volumes: Sequence[Mapping[str, Any]], *, seed: int) -> dict[str, Any] | None:
-        """Train the refinement network on every labeled volume (no validation: its inputs need clicks)."""
+    def _train_refine(
+        self, volumes: Sequence[Mapping[str, Any]], *, segmentation: nn.Module, seed: int
+    ) -> dict[str, Any] | None:
+        """Train the refinement network on every labeled volume (no validation: its inputs need clicks),
+        clicking on the new segmentation network's own mistakes as well as on corrupted truths."""
         if self.refine_store is None or self.settings.refine_steps <= 0:
             return None
         settings, steps = self.settings, self.settings.refine_steps
@@ -137,6 +142,8 @@ class SegmentationTrainer(TrainTask):
             labels=settings.labels,
             options=options,
             device=settings.device,
+            segmentation=segmentation,
+            inferer=settings.inferer(),
         )
         logger.info("published refine model version %d", info.version)
         return {"model_version": info.version, "steps": self.settings.refine_steps, "train_count": info.train_count}
