@@ -222,11 +222,20 @@ def train_starter_refine(
     """Train the click-conditioned refinement network on the starter's phantoms and publish it.
 
     The same phantoms as :func:`train_starter_model` (all ``recipe.volumes + val_volumes``:
-    the refinement network has no validation), simulated clicks as the server's trainer uses.
+    the refinement network has no validation), simulated clicks as the server's trainer uses:
+    on corrupted truths and, when the project has a trained segmentation model (the starter),
+    on its own answers.
     """
     modality = Modality(modality)
     recipe = recipe or StarterRecipe()
     settings = starter_settings(studies, conf=conf)
+    segmentation_store = ModelStore(settings.model_dir)
+    segmentation_info = segmentation_store.info()
+    segmentation = (
+        load_model(segmentation_store, device=settings.device)[0]
+        if segmentation_info is not None and segmentation_info.trained
+        else None
+    )
     store = ModelStore(settings.model_dir, name=REFINE_MODEL)
     store.ensure_initial(refine_spec(settings.network), settings.labels.to_dict(), seed=settings.seed)
     first = seed + STARTER_SEED_OFFSET
@@ -239,6 +248,8 @@ def train_starter_refine(
         labels=settings.labels,
         options=options,
         device=settings.device,
+        segmentation=segmentation,
+        inferer=settings.inferer(),
         on_epoch=on_epoch,
     )
 
