@@ -93,6 +93,12 @@ def main() -> None:
         default=MODEL_MASKS,
         help="MC-dropout masks of the segmentation network per pool volume that training clicks on (0: none)",
     )
+    parser.add_argument(
+        "--model-mask-share",
+        type=float,
+        default=0.5,
+        help="share of training patches that start from a model mask (default: 0.5)",
+    )
     parser.add_argument("--clicks", type=int, default=5, help="clicks per test volume (default: 5)")
     parser.add_argument(
         "--local-radius",
@@ -150,6 +156,8 @@ def main() -> None:
     if args.model_masks:
         refine_keyed["model_masks"] = {"segmentation": seg_key, "samples": args.model_masks}
     refine_keyed["focus_radius"] = FOCUS_RADIUS
+    if args.model_mask_share != 0.5:
+        refine_keyed["model_mask_share"] = args.model_mask_share
     refine_key = _key(refine_keyed)
     refine_dir = CACHE / f"refine-{refine_key}"
     store = ModelStore(refine_dir, name="refine")
@@ -166,6 +174,7 @@ def main() -> None:
                 segmentation=segmentation,
                 inferer=inferer,
                 model_masks=args.model_masks,
+                model_mask_share=args.model_mask_share,
                 preset=preset,
                 labels=labels,
                 options=refine_options,
@@ -235,6 +244,7 @@ def main() -> None:
             **refine_record,
             "input_channels": spec.in_channels,
             "model_masks": args.model_masks,
+            "model_mask_share": args.model_mask_share,
             "focus_radius": FOCUS_RADIUS,
         },
         "local_radius": args.local_radius,
@@ -248,6 +258,7 @@ def main() -> None:
         [
             f"-r{args.local_radius:g}" if args.local_radius != LOCAL_RADIUS else "",
             f"-steps{args.refine_steps}" if args.refine_steps != REFINE_STEPS else "",
+            f"-share{args.model_mask_share:g}" if args.model_mask_share != 0.5 else "",
         ]
     )
     name = f"refine-hippocampus{variant}.json"

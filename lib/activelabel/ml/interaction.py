@@ -400,14 +400,15 @@ def train_refine_network(
     segmentation: torch.nn.Module | None = None,
     inferer: Any = None,
     model_masks: int = MODEL_MASKS,
+    model_mask_share: float = 0.5,
     max_clicks: int = 5,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> ModelInfo:
     """Warm-start the store's refinement network on pre-processed labeled volumes and publish the next version.
 
     Every patch gets a wrong mask and simulated clicks (:class:`SimulatedInteraction`): with
-    a ``segmentation`` network (and ``inferer``, its sliding window), half of the patches get
-    one of its ``model_masks`` MC-dropout answers, the others a corrupted truth.  There is no
+    a ``segmentation`` network (and ``inferer``, its sliding window), ``model_mask_share`` of
+    the patches get one of its ``model_masks`` MC-dropout answers, the others a corrupted truth.  There is no
     validation (its inputs would need clicks too), so ``options`` should carry no patience:
     the run is the step cap.
     """
@@ -416,7 +417,9 @@ def train_refine_network(
             raise ValueError("model masks need the segmentation network's inferer, got None")
         volumes = with_model_masks(volumes, segmentation, inferer=inferer, samples=model_masks)
     network, _ = load_model(store, device=device)
-    interaction = SimulatedInteraction(num_labels=len(labels.names), max_clicks=max_clicks, seed=options.seed)
+    interaction = SimulatedInteraction(
+        num_labels=len(labels.names), max_clicks=max_clicks, model_mask_share=model_mask_share, seed=options.seed
+    )
     result = train_network(
         network,
         volumes,
