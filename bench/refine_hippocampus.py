@@ -15,8 +15,9 @@ volumes never trained on nor used to choose anything):
    the refinement network corrects the mask given all clicks so far.
 
 Both networks are cached under ``bench/.cache/refine/`` (a rerun evaluates again without
-training); the figures go to ``bench/results/refine-hippocampus.json`` (other radii or
-refinement steps than the defaults to ``refine-hippocampus-r<R>-steps<N>.json``).
+training); the figures go to ``bench/results/refine-hippocampus.json`` (another radius,
+number of refinement steps or model-mask share than the defaults to
+``refine-hippocampus-r<R>-steps<N>-share<S>.json``, naming only what differs).
 ``--device cuda`` runs the same protocol on a GPU.  Budget on 2 CPU cores at the defaults:
 segmentation about 29 min, refinement about 12 min, evaluation about 2 min.
 """
@@ -42,6 +43,7 @@ from activelabel.ml.inference import predict_probabilities, sliding_window
 from activelabel.ml.interaction import (
     FOCUS_RADIUS,
     LOCAL_RADIUS,
+    MODEL_MASK_SHARE,
     MODEL_MASKS,
     click_curve,
     label_channels,
@@ -96,8 +98,8 @@ def main() -> None:
     parser.add_argument(
         "--model-mask-share",
         type=float,
-        default=0.5,
-        help="share of training patches that start from a model mask (default: 0.5)",
+        default=MODEL_MASK_SHARE,
+        help=f"share of training patches that start from a model mask (default: {MODEL_MASK_SHARE})",
     )
     parser.add_argument("--clicks", type=int, default=5, help="clicks per test volume (default: 5)")
     parser.add_argument(
@@ -156,7 +158,7 @@ def main() -> None:
     if args.model_masks:
         refine_keyed["model_masks"] = {"segmentation": seg_key, "samples": args.model_masks}
     refine_keyed["focus_radius"] = FOCUS_RADIUS
-    if args.model_mask_share != 0.5:
+    if args.model_mask_share != MODEL_MASK_SHARE:
         refine_keyed["model_mask_share"] = args.model_mask_share
     refine_key = _key(refine_keyed)
     refine_dir = CACHE / f"refine-{refine_key}"
@@ -258,7 +260,7 @@ def main() -> None:
         [
             f"-r{args.local_radius:g}" if args.local_radius != LOCAL_RADIUS else "",
             f"-steps{args.refine_steps}" if args.refine_steps != REFINE_STEPS else "",
-            f"-share{args.model_mask_share:g}" if args.model_mask_share != 0.5 else "",
+            f"-share{args.model_mask_share:g}" if args.model_mask_share != MODEL_MASK_SHARE else "",
         ]
     )
     name = f"refine-hippocampus{variant}.json"

@@ -44,6 +44,10 @@ from activelabel.ml.transforms import Preset
 MODEL_MASKS = 2
 """MC-dropout masks of the segmentation network per labeled volume that training clicks on."""
 
+MODEL_MASK_SHARE = 0.5
+"""Share of training patches that start from a model mask rather than a corrupted truth
+(0.8 gave less on the hippocampus: ``bench/results/refine-hippocampus-share0.8.json``)."""
+
 REFINE_MODEL = "refine"
 """Name of the refinement network's infer task and checkpoint."""
 
@@ -237,7 +241,7 @@ class SimulatedInteraction:
         *,
         num_labels: int,
         max_clicks: int = 5,
-        model_mask_share: float = 0.5,
+        model_mask_share: float = MODEL_MASK_SHARE,
         focus_radius: float | None = FOCUS_RADIUS,
         seed: int = 0,
     ) -> None:
@@ -276,7 +280,7 @@ class SimulatedInteraction:
 
 @torch.no_grad()
 def with_model_masks(
-    volumes: Sequence[Mapping[str, Any]], network: torch.nn.Module, *, inferer: Any, samples: int = 2
+    volumes: Sequence[Mapping[str, Any]], network: torch.nn.Module, *, inferer: Any, samples: int = MODEL_MASKS
 ) -> list[dict[str, Any]]:
     """The volumes with ``samples`` MC-dropout masks of the segmentation ``network`` stacked under the truth.
 
@@ -400,7 +404,7 @@ def train_refine_network(
     segmentation: torch.nn.Module | None = None,
     inferer: Any = None,
     model_masks: int = MODEL_MASKS,
-    model_mask_share: float = 0.5,
+    model_mask_share: float = MODEL_MASK_SHARE,
     max_clicks: int = 5,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> ModelInfo:
@@ -408,9 +412,9 @@ def train_refine_network(
 
     Every patch gets a wrong mask and simulated clicks (:class:`SimulatedInteraction`): with
     a ``segmentation`` network (and ``inferer``, its sliding window), ``model_mask_share`` of
-    the patches get one of its ``model_masks`` MC-dropout answers, the others a corrupted truth.  There is no
-    validation (its inputs would need clicks too), so ``options`` should carry no patience:
-    the run is the step cap.
+    the patches get one of its ``model_masks`` MC-dropout answers, the others a corrupted
+    truth.  There is no validation (its inputs would need clicks too), so ``options`` should
+    carry no patience: the run is the step cap.
     """
     if segmentation is not None and model_masks > 0:
         if inferer is None:
