@@ -14,6 +14,7 @@ from monailabel.client import MONAILabelClient
 
 from activelabel.data.layout import truth_path
 from activelabel.labelmap import NOT_ANNOTATED, LabelMap
+from activelabel.ml.checkpoints import ModelStore
 from activelabel.ml.inference import sliding_window
 from activelabel.ml.interaction import (
     BACKGROUND,
@@ -26,9 +27,13 @@ from activelabel.ml.interaction import (
     points_to_model_grid,
     refine_inputs,
     refine_spec,
+    refine_state_from_segmentation,
+    train_refine_network,
     with_model_masks,
 )
 from activelabel.ml.networks import NetworkSpec, build_network
+from activelabel.ml.training import TrainOptions
+from activelabel.ml.transforms import Modality, Preset
 from activelabel.store.validation import InputRejected
 from activelabel.tasks.refine import parse_clicks
 from activelabel.testing.server_process import ServerProcess
@@ -87,6 +92,59 @@ def test_refine_network_reads_the_guidance_channels_and_never_drops_out() -> Non
     spec = NetworkSpec(out_channels=3, channels=(8, 16, 32), strides=(2, 2), dropout=0.2)
     refine = refine_spec(spec)
     assert (refine.in_channels, refine.out_channels, refine.dropout) == (6, 3, 0.0)
+
+
+def test_a_refinement_network_started_from_the_segmentation_weights_answers_as_the_segmentation_network() -> None:
+    spec = NetworkSpec(out_channels=3, channels=(8, 16, 32), strides=(2, 2), dropout=0.2)
+    torch.manual_seed(0)
+    segmentation = build_network(spec).eval()
+    refinement = build_network(refine_spec(spec)).eval()
+    refinement.load_state_dict(refine_state_from_segmentation(segmentation.state_dict(), spec=refine_spec(spec)))
+    image = torch.randn(1, 1, 16, 16, 16)
+    # Whatever the mask and the clicks say, the untrained guidance weights are zero.
+    inputs = torch.cat([image, torch.rand(1, 5, 16, 16, 16)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(refinement(inputs), segmentation(image))
+    other = NetworkSpec(out_channels=3, channels=(8, 16), strides=(2,), dropout=0.2)
+    with pytest.raises(ValueError, match="lack"):
+        refine_state_from_segmentation(build_network(other).state_dict(), spec=refine_spec(spec))
+
+
+def test_the_first_refine_training_starts_from_the_segmentation_network_and_later_ones_from_its_own(
+    tmp_path: Path,
+) -> None:
+    spec = NetworkSpec(out_channels=3, channels=(8, 16, 32), strides=(2, 2), dropout=0.2)
+    labels = LabelMap.from_mapping({"anterior": 1, "posterior": 2})
+    torch.manual_seed(1)
+    segmentation = build_network(spec)
+    truth = np.zeros((1, 16, 16, 16), dtype=np.int64)
+    truth[0][_cube((16, 16, 16), 4, 10)] = 1
+    volume = {"image": torch.randn(1, 16, 16, 16), "label": torch.as_tensor(truth)}
+    store = ModelStore(tmp_path, name="refine")
+    store.ensure_initial(refine_spec(spec), labels.to_dict(), seed=0)
+    # A learning rate of 0: what is published is exactly where training started.
+    frozen = TrainOptions(max_epochs=1, steps_per_epoch=1, learning_rate=0.0)
+    preset = Preset(modality=Modality.MR, spacing=None, roi_size=(16, 16, 16))
+
+    def train() -> dict[str, torch.Tensor]:
+        train_refine_network(
+            store,
+            [volume],
+            preset=preset,
+            labels=labels,
+            options=frozen,
+            segmentation=segmentation,
+            inferer=sliding_window((16, 16, 16), overlap=0.25),
+        )
+        return store.load()[0]
+
+    expected = refine_state_from_segmentation(segmentation.state_dict(), spec=refine_spec(spec))
+    first = train()
+    assert all(torch.equal(first[key], expected[key]) for key in expected)
+    torch.manual_seed(2)
+    segmentation = build_network(spec)  # a new segmentation model: the trained refine network keeps its weights
+    second = train()
+    assert all(torch.equal(second[key], first[key]) for key in first)
 
 
 def test_clicks_move_to_the_model_grid_through_world_coordinates() -> None:

@@ -224,7 +224,7 @@ def train_starter_refine(
     The same phantoms as :func:`train_starter_model` (all ``recipe.volumes + val_volumes``:
     the refinement network has no validation), simulated clicks as the server's trainer uses:
     on corrupted truths and, when the project has a trained segmentation model (the starter),
-    on its own answers.
+    on its own answers, starting from its weights.
     """
     modality = Modality(modality)
     recipe = recipe or StarterRecipe()
