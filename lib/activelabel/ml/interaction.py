@@ -26,6 +26,7 @@ Arrays are indexed ``[x, y, z]`` on the model grid; masks and truths hold channe
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -42,6 +43,8 @@ from activelabel.ml.metrics import dice_per_label
 from activelabel.ml.networks import NetworkSpec, build_network, dropout_layers, mc_dropout
 from activelabel.ml.training import TrainOptions, train_network
 from activelabel.ml.transforms import Preset
+
+logger = logging.getLogger(__name__)
 
 MODEL_MASKS = 2
 """MC-dropout masks of the segmentation network per labeled volume that training clicks on."""
@@ -461,9 +464,12 @@ def train_refine_network(
         volumes = with_model_masks(volumes, segmentation, inferer=inferer, samples=model_masks)
     network, info = load_model(store, device=device)
     if segmentation is not None and not info.trained:  # version 0, the initial weights
-        network.load_state_dict(
-            refine_state_from_segmentation(segmentation.state_dict(), spec=NetworkSpec.from_dict(info.spec))
-        )
+        try:
+            start = refine_state_from_segmentation(segmentation.state_dict(), spec=NetworkSpec.from_dict(info.spec))
+        except ValueError as error:  # the settings' network changed after the segmentation model was trained
+            logger.warning("refinement network starts from its initial weights: %s", error)
+        else:
+            network.load_state_dict(start)
     interaction = SimulatedInteraction(
         num_labels=len(labels.names),
         max_clicks=max_clicks,
